@@ -1,0 +1,1 @@
+"""streambinder: declare functions, bind them to destinations, run on any backend."""

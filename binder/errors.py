@@ -1,0 +1,77 @@
+"""The one error hierarchy of streambinder.
+
+::
+
+    BinderError                      anything streambinder raises on purpose
+    ├── ConfigError                  bad configuration, raised at start-up
+    │   ├── ExpressionError          a partition-key expression the safe evaluator refuses
+    │   └── CapabilityError          a binding asks for something its binder cannot do
+    ├── BackendError                 the backend failed (connection, refusal, timeout)
+    │   └── ClosedError              the binder, producer or consumer is already closed
+    ├── ConversionError              a payload that cannot be decoded or encoded
+    └── HandlerError                 a user function failed (wraps the original exception)
+
+A :class:`ConfigError` names the key path and the offending value; a
+:class:`ConversionError` dead-letters the message without retrying it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BinderError",
+    "CapabilityError",
+    "ClosedError",
+    "ConfigError",
+    "ConversionError",
+    "ExpressionError",
+    "HandlerError",
+]
+
+
+class BinderError(Exception):
+    """Base of every error streambinder raises on purpose."""
+
+
+class ConfigError(BinderError):
+    """Configuration that cannot work; raised before anything starts.
+
+    ``path`` is the dotted key path (``binder.bindings.orders-in-0.group``) and
+    ``value`` the offending value, both also part of the message.
+    """
+
+    def __init__(self, message: str, *, path: str = "", value: Any = None) -> None:
+        self.path = path
+        self.value = value
+        prefix = f"{path}: " if path else ""
+        super().__init__(f"{prefix}{message}")
+
+
+class ExpressionError(ConfigError):
+    """A key expression outside the safe language (parse error, dunder, unknown call)."""
+
+
+class CapabilityError(ConfigError):
+    """A binding needs a capability its binder does not declare."""
+
+
+class BackendError(BinderError):
+    """The backend refused or failed an operation; the message says which backend."""
+
+
+class ClosedError(BackendError):
+    """An operation on a binder, producer or consumer that is already closed."""
+
+
+class ConversionError(BinderError):
+    """A payload could not be decoded into, or encoded from, the declared type.
+
+    Never retried: the same bytes fail the same way every time, so the message
+    goes straight to the dead-letter destination.
+    """
+
+
+class HandlerError(BinderError):
+    """A user function raised; ``__cause__`` is the original exception."""

@@ -1,0 +1,1 @@
+"""The embedded log binder (placeholder until the adapter lands)."""

@@ -1,1 +1,33 @@
-"""streambinder: declare functions, bind them to destinations, run on any backend."""
+"""streambinder: declare functions, bind them to destinations, run them on any backend.
+
+``import binder`` loads no backend client; binders are found through the
+``binder`` entry-point group when an app starts.
+"""
+
+from binder.app import App
+from binder.bindings import BindingState
+from binder.errors import (
+    BackendError,
+    BinderError,
+    CapabilityError,
+    ClosedError,
+    ConfigError,
+    ConversionError,
+    ExpressionError,
+    HandlerError,
+)
+from binder.message import Message
+
+__all__ = [
+    "App",
+    "BackendError",
+    "BinderError",
+    "BindingState",
+    "CapabilityError",
+    "ClosedError",
+    "ConfigError",
+    "ConversionError",
+    "ExpressionError",
+    "HandlerError",
+    "Message",
+]

@@ -146,6 +146,12 @@ class Producer(Protocol):
         :class:`~binder.errors.ClosedError` after :meth:`close`.
         """
 
+    async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
+        """Send ``records`` in order, pipelined; return once the backend accepted all of them.
+
+        On failure some may have been accepted (at-least-once: the caller resends all).
+        """
+
     async def close(self) -> None:
         """Flush what was accepted and release resources. Idempotent."""
 

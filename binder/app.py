@@ -1,0 +1,330 @@
+"""The application: configuration + functions + binders, wired into running bindings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import re
+import signal
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from binder import plugins
+from binder.bindings import BindingState, InputBinding, SupplierBinding
+from binder.config import BinderSection, BindingConfig, load_config, load_yaml
+from binder.converters import ConverterRegistry
+from binder.errors import BinderError, CapabilityError, ConfigError
+from binder.functions import FunctionDef, FunctionRegistry, Pipeline, parse_definition
+from binder.invoke import Invoker
+from binder.outputs import Observer, OutputBinding
+from binder.retry import RetryPolicy, dead_letter_destination
+from binder.spi import Binder, ConsumerSpec
+
+if TYPE_CHECKING:
+    from binder.testing.harness import TestHarness
+
+__all__ = ["App"]
+
+log = logging.getLogger("binder.app")
+F = TypeVar("F", bound=Callable[..., Any])
+BinderFactory = Callable[[str, Any], Binder]
+_BINDING_NAME = re.compile(r"^(?P<fn>.+)-(?P<dir>in|out)-(?P<index>\d+)$")
+_MAX_SEND_OUTPUTS = 128
+
+
+class App:
+    """A streambinder application.
+
+    ``App.from_yaml(path)`` or ``App(config=doc)`` (the same mapping as the YAML
+    file, top-level ``binder:`` key included); ``App()`` takes configuration from
+    the environment only. Configuration errors raise :class:`ConfigError` here;
+    errors that need the registered functions (a binding naming a missing
+    function, an impossible composition) raise when the app starts.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None, *,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config: BinderSection = load_config(config, environ, plugins.option_models())
+        self.functions = FunctionRegistry()
+        self.converters = ConverterRegistry(plugins.converters())
+        self._binder_factory: BinderFactory | None = None
+        self._observers: list[Observer] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._binders: dict[str, Binder] = {}
+        self._outputs: dict[str, OutputBinding] = {}
+        self._send_outputs: OrderedDict[tuple[str, str], OutputBinding] = OrderedDict()
+        self._bindings: dict[str, InputBinding | SupplierBinding] = {}
+        self._pipelines: list[Pipeline] = []
+        self._started = False
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, environ: Mapping[str, str] | None = None) -> App:
+        """An app configured by the YAML file at ``path`` plus environment overrides."""
+        return cls(load_yaml(path), environ=environ)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def function(self, fn: F | None = None, *, name: str | None = None) -> Any:
+        """Register a function: one input, one output (``<name>-in-0`` → ``<name>-out-0``)."""
+        return self._register(fn, "function", name)
+
+    def consumer(self, fn: F | None = None, *, name: str | None = None) -> Any:
+        """Register a consumer: one input (``<name>-in-0``), no output."""
+        return self._register(fn, "consumer", name)
+
+    def supplier(self, fn: F | None = None, *, interval: float = 1.0, name: str | None = None) -> Any:
+        """Register a supplier, called every ``interval`` seconds; its result goes to ``<name>-out-0``."""
+        return self._register(fn, "supplier", name, interval=interval)
+
+    def _register(self, fn: F | None, kind: Any, name: str | None, **kw: Any) -> Any:
+        def decorate(target: F) -> F:
+            self.functions.add(FunctionDef.inspect(target, kind, name, **kw))
+            return target
+
+        return decorate if fn is None else decorate(fn)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Validate against the functions, connect binders, start every binding."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            self._pipelines = parse_definition(self.config.function_definition, self.functions)
+            self._check_binding_names()
+            for pipeline in self._pipelines:
+                await self._bind(pipeline)
+            for binding in self._bindings.values():
+                await binding.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop suppliers, drain and commit inputs, close producers and binders. Idempotent."""
+        bindings = list(self._bindings.values())
+        for binding in sorted(bindings, key=lambda b: not isinstance(b, SupplierBinding)):
+            await _quietly(binding.stop())
+        for output in [*self._outputs.values(), *self._send_outputs.values()]:
+            await _quietly(output.close())
+        for binder in self._binders.values():
+            await _quietly(binder.close())
+        self._reset()
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def run(self) -> None:
+        """Run until SIGINT or SIGTERM, then drain in-flight work, commit, and return."""
+        asyncio.run(self._run_until_signalled())
+
+    async def _run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with self:
+            log.info("running: %s", ", ".join(self._bindings) or "no bindings")
+            await stop.wait()
+            log.info("stopping: draining in-flight messages")
+
+    def test(self) -> TestHarness:
+        """A harness that runs this app with every binder swapped for an in-memory log.
+
+        ``BINDER_TEST_BINDER=<type>`` runs it on that binder type instead.
+        """
+        from binder.testing.harness import TestHarness
+
+        return TestHarness(self)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(self, name: str, payload: Any, *, key: Any = None,
+                   headers: Mapping[str, Any] | None = None) -> None:
+        """Send to the binding called ``name`` (its destination and producer settings),
+        else to the destination ``name`` on the default binder.
+
+        Returns once the backend accepted the message; concurrent calls are pipelined.
+        """
+        if not self._started:
+            raise BinderError("the app is not running: use `async with app:` or app.run()")
+        output = self._outputs.get(name) or await self._send_output(name)
+        await output.send(payload, key, dict(headers) if headers else None)
+
+    async def _send_output(self, name: str) -> OutputBinding:
+        binding = self.config.binding(name)
+        cache_key = (name, "binding") if binding else (name, "destination")
+        output = self._send_outputs.get(cache_key)
+        if output is not None:
+            self._send_outputs.move_to_end(cache_key)
+            return output
+        output = await self._output(name, binding or BindingConfig(destination=name))
+        self._send_outputs[cache_key] = output
+        if len(self._send_outputs) > _MAX_SEND_OUTPUTS:
+            _, evicted = self._send_outputs.popitem(last=False)
+            await evicted.close()
+        return output
+
+    # -- introspection and control ----------------------------------------------------------
+
+    @property
+    def bindings(self) -> dict[str, InputBinding | SupplierBinding]:
+        """Running input and supplier bindings by name (each can stop/start/pause/resume)."""
+        return dict(self._bindings)
+
+    def binding(self, name: str) -> InputBinding | SupplierBinding:
+        """The running binding called ``name``; KeyError naming the known ones otherwise."""
+        for candidate, binding in self._bindings.items():
+            if _same_name(candidate, name):
+                return binding
+        raise KeyError(f"no binding {name!r}; running: {', '.join(self._bindings) or 'none'}")
+
+    def states(self) -> dict[str, BindingState]:
+        """Each binding's state."""
+        return {name: binding.state for name, binding in self._bindings.items()}
+
+    def destination_of(self, name: str) -> str:
+        """The destination a binding name (or a destination name) refers to."""
+        binding = self.config.binding(name)
+        return binding.destination or name if binding else name
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def _check_binding_names(self) -> None:
+        active = {p.name for p in self._pipelines}
+        for name in self.config.bindings:
+            match = _BINDING_NAME.match(name)
+            if match is None or match["fn"] in active:
+                continue
+            fn = match["fn"]
+            registered = fn in self.functions.names()
+            close = difflib.get_close_matches(fn, [*active, *self.functions.names()], n=1)
+            if match["dir"] == "in" or registered or close:
+                hint = " (registered but not in function-definition)" if registered else (
+                    f" (did you mean {close[0]!r}?)" if close else "")
+                raise ConfigError(f"binding names function {fn!r}, which is not active{hint}",
+                                  path=f"binder.bindings.{name}", value=name)
+
+    async def _bind(self, pipeline: Pipeline) -> None:
+        output = None
+        if pipeline.has_output:
+            config = self._binding_config(pipeline.output_binding)
+            output = await self._output(pipeline.output_binding, config)
+            self._outputs[pipeline.output_binding] = output
+        if pipeline.kind == "supplier":
+            assert output is not None
+            self._bindings[pipeline.output_binding] = SupplierBinding(
+                pipeline.output_binding, _supplier_call(pipeline), output, pipeline.interval)
+        else:
+            self._bindings[pipeline.input_binding] = await self._input(pipeline, output)
+
+    def _binding_config(self, name: str) -> BindingConfig:
+        return self.config.binding(name) or BindingConfig()
+
+    async def _output(self, name: str, config: BindingConfig) -> OutputBinding:
+        path = f"binder.bindings.{name}"
+        self.converters.require(config.content_type, f"{path}.content-type")
+        binder = await self._binder(config.binder, path)
+        producer = config.producer
+        if producer.required_groups and not binder.capabilities.consumer_groups:
+            raise CapabilityError(f"required-groups needs consumer_groups, which binder "
+                                  f"{binder.name!r} lacks", path=f"{path}.producer.required-groups")
+        return OutputBinding(
+            name, config.destination or name, binder, self.converters,
+            content_type=config.content_type, partition_count=producer.partition_count,
+            key_expression=producer.key_expression, required_groups=producer.required_groups,
+            observers=self._observers)
+
+    async def _input(self, pipeline: Pipeline, output: OutputBinding | None) -> InputBinding:
+        name = pipeline.input_binding
+        path = f"binder.bindings.{name}"
+        config = self._binding_config(name)
+        options = config.consumer
+        self.converters.require(config.content_type, f"{path}.content-type")
+        binder = await self._binder(config.binder, path)
+        _check_consumer_capabilities(binder, config, path)
+        destination = config.destination or name
+        spec = ConsumerSpec(
+            destination=destination, group=config.group,
+            instance_index=options.instance_index, instance_count=options.instance_count,
+            start=options.start_offset, max_records=max(options.batch_size, 100))
+        dead_letters = None
+        if options.dead_letter:
+            dlq = dead_letter_destination(destination, config.group, options.dead_letter_destination)
+            dead_letters = OutputBinding(f"{name}.dlq", dlq, binder, self.converters,
+                                         observers=self._observers)
+            self._outputs[dead_letters.name] = dead_letters
+        invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)
+        return InputBinding(
+            name, spec, binder, invoker, output=output, dead_letters=dead_letters,
+            policy=RetryPolicy.from_options(options), concurrency=options.concurrency,
+            batch_size=options.batch_size)
+
+    async def _binder(self, name: str | None, path: str) -> Binder:
+        name = name or self.config.default_binder
+        assert name is not None
+        binder = self._binders.get(name)
+        if binder is not None:
+            return binder
+        entry = self.config.binders.get(name)
+        if entry is None:
+            raise ConfigError("unknown binder", path=f"{path}.binder", value=name)
+        binder = self._create_binder(name, entry)
+        await binder.start()
+        self._binders[name] = binder
+        return binder
+
+    def _create_binder(self, name: str, entry: Any) -> Binder:
+        if self._binder_factory is not None:
+            return self._binder_factory(name, entry)
+        kind = plugins.binder_types()[entry.type]
+        return kind.create(name, entry.options)
+
+
+def _check_consumer_capabilities(binder: Binder, config: BindingConfig, path: str) -> None:
+    caps = binder.capabilities
+    if config.group and not caps.consumer_groups:
+        raise CapabilityError(f"binder {binder.name!r} lacks consumer_groups",
+                              path=f"{path}.group", value=config.group)
+    if config.consumer.instance_count > 1 and not caps.native_partitions:
+        raise CapabilityError(f"static partition assignment needs native_partitions, which "
+                              f"binder {binder.name!r} lacks", path=f"{path}.consumer.instance-count",
+                              value=config.consumer.instance_count)
+    if config.group is None and not caps.anonymous_consumers:
+        raise CapabilityError(f"binder {binder.name!r} lacks anonymous_consumers: set a group",
+                              path=f"{path}.group")
+
+
+def _supplier_call(pipeline: Pipeline) -> Callable[[], Any]:
+    """A coroutine function producing the supplier pipeline's outputs ([(payload, key, headers)])."""
+    first, rest = pipeline.stages[0], pipeline.stages[1:]
+
+    async def call() -> list[Any]:
+        value = await first.fn() if first.is_async else await asyncio.to_thread(first.fn)
+        if value is None:
+            return []
+        if not rest:
+            return Invoker.single_output(value)
+        return await Invoker.feed(Pipeline(name=pipeline.name, stages=rest), value)
+
+    return call
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.replace("_", "-").lower() == b.replace("_", "-").lower()
+
+
+async def _quietly(step: Any) -> None:
+    with contextlib.suppress(Exception):
+        await step

@@ -1,0 +1,575 @@
+"""Settings models and their loading from a YAML document plus ``BINDER_*`` variables.
+
+The document is ``{"binder": {...}}`` with kebab-case keys (``DESIGN.md`` shows
+a full example); :func:`load_config` validates it, applies the environment
+overrides and returns the :class:`BinderSection`. Every problem found is
+reported in one :class:`~binder.errors.ConfigError`, one line per problem::
+
+    binder.bindings.orders-in-0.consumer.max-attempts: Input should be ... (got 0)
+
+Binder-specific keys under ``binder.binders.<name>`` are validated by the
+options model of the binder's type, passed in as ``binder_types``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from binder._settings_env import Duration, EnvOverrideSource, EnvPath, normalize_key
+from binder.errors import ConfigError, ExpressionError
+
+if TYPE_CHECKING:
+    from pydantic import ModelWrapValidatorHandler
+
+    from binder.partitioning import KeyExpression
+
+__all__ = [
+    "BinderConfig",
+    "BinderEntry",
+    "BinderSection",
+    "BindingConfig",
+    "ConsumerOptions",
+    "Duration",
+    "ProducerOptions",
+    "Settings",
+    "load_config",
+    "load_yaml",
+    "normalize_binding_name",
+    "render_effective",
+]
+
+BinderTypes = Mapping[str, type[BaseModel]]
+
+_DEFAULT_BINDERS: dict[str, dict[str, Any]] = {"local": {"type": "log"}}
+
+
+# --- load context -----------------------------------------------------------------------
+
+
+@dataclass
+class _LoadState:
+    """What one :func:`load_config` call passes to the validators and the env source.
+
+    pydantic-settings offers no way to hand call arguments to a source or a
+    validation context to ``BaseSettings.__init__``, hence a context variable.
+    """
+
+    environ: Mapping[str, str]
+    binder_types: BinderTypes | None = None
+    origins: dict[EnvPath, str] = field(default_factory=dict)
+
+
+_LOAD_STATE: ContextVar[_LoadState | None] = ContextVar("binder_config_load", default=None)
+
+
+def _load_state() -> _LoadState:
+    """The state of the running :func:`load_config`, or plain ``os.environ`` outside one."""
+    return _LOAD_STATE.get() or _LoadState(os.environ)
+
+
+# --- validation errors ------------------------------------------------------------------
+
+
+def _invalid(problems: Iterable[tuple[tuple[str, ...], str, Any]]) -> ValidationError:
+    """A ValidationError of ``(loc, message, value)`` problems, nested by pydantic under its caller."""
+    details = [
+        InitErrorDetails(type=PydanticCustomError("invalid", message), loc=loc, input=value)
+        for loc, message, value in problems
+    ]
+    return ValidationError.from_exception_data("binder configuration", details)
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    """The YAML keys ``model`` accepts (aliases, else field names)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _unknown_key_message(key: object, known: list[str]) -> str:
+    """``unknown key``, with the closest known key as a hint when one is close."""
+    matches = difflib.get_close_matches(normalize_key(str(key)), known, n=1)
+    return f"unknown key, did you mean {matches[0]!r}?" if matches else "unknown key"
+
+
+def _with_key_hints(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``exc`` with its unknown keys of ``model`` itself reworded to suggest a known key."""
+    errors = exc.errors()
+    if not any(_is_own_unknown_key(error) for error in errors):
+        return exc
+    known = _known_keys(model)
+    details = [_rebuilt(error, known) for error in errors]
+    return ValidationError.from_exception_data(exc.title, details)
+
+
+def _is_own_unknown_key(error: Any) -> bool:
+    """Whether ``error`` is an unknown key directly in the model being validated."""
+    return bool(error["type"] == "extra_forbidden" and len(error["loc"]) == 1)
+
+
+def _rebuilt(error: Any, known: list[str]) -> InitErrorDetails:
+    """``error`` as error details; an own unknown key gets a did-you-mean message."""
+    message = error["msg"]
+    if _is_own_unknown_key(error):
+        message = _unknown_key_message(error["loc"][0], known)
+    kind = PydanticCustomError(error["type"], message)
+    return InitErrorDetails(type=kind, loc=error["loc"], input=error["input"])
+
+
+# --- models -----------------------------------------------------------------------------
+
+
+def _kebab(name: str) -> str:
+    """The YAML key of attribute ``name``."""
+    return name.replace("_", "-")
+
+
+class _Model(BaseModel):
+    """Base of the settings models: kebab-case keys, unknown keys refused with a hint."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=_kebab,
+        populate_by_name=True,
+        coerce_numbers_to_str=True,
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _hint_unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _with_key_hints(exc, cls) from None
+
+
+_EXCEPTION_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _check_exception_name(name: str) -> str:
+    """``name`` if it is a simple or dotted Python class name."""
+    if not _EXCEPTION_NAME.fullmatch(name):
+        raise ValueError("expected an exception class name such as 'ValueError' or 'mod.Error'")
+    return name
+
+
+ExceptionName = Annotated[str, AfterValidator(_check_exception_name)]
+
+
+class ConsumerOptions(_Model):
+    """How a binding consumes: concurrency, retries, dead letters, partitions, batches."""
+
+    concurrency: int = Field(1, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    back_off_initial_interval: Duration = 1.0
+    back_off_multiplier: float = Field(2.0, ge=1)
+    back_off_max_interval: Duration = 10.0
+    retryable_exceptions: dict[ExceptionName, bool] = Field(default_factory=dict)
+    """Exception class name (simple or dotted) -> retry it or not, as in Spring."""
+    default_retryable: bool = True
+    dead_letter: bool = True
+    dead_letter_destination: str | None = None
+    """``None``: ``<destination>.<group>.dlq``."""
+    partitioned: bool = False
+    instance_index: int = Field(0, ge=0)
+    instance_count: int = Field(1, ge=1)
+    batch_mode: bool = False
+    batch_size: int = Field(100, ge=1)
+    start_offset: Literal["earliest", "latest"] | None = None
+    """``None``: earliest for a named group that never committed, latest for anonymous."""
+
+    @model_validator(mode="after")
+    def _check_instance_index(self) -> Self:
+        if self.instance_index >= self.instance_count:
+            message = f"must be less than instance-count ({self.instance_count})"
+            raise _invalid([(("instance-index",), message, self.instance_index)])
+        return self
+
+
+class ProducerOptions(_Model):
+    """How a binding produces: partitioning and groups provisioned up front."""
+
+    partition_key_expression: str | None = None
+    partition_count: int = Field(1, ge=1)
+    required_groups: list[str] = Field(default_factory=list)
+    _key_expression: Any = PrivateAttr(default=None)
+
+    @property
+    def key_expression(self) -> KeyExpression | None:
+        """``partition-key-expression`` compiled at load time; ``None`` without one."""
+        return self._key_expression  # type: ignore[no-any-return]
+
+    @model_validator(mode="after")
+    def _compile_key_expression(self) -> Self:
+        text = self.partition_key_expression
+        if text is not None:
+            self._key_expression = _compile_key_expression(text)
+        return self
+
+
+def _compile_key_expression(text: str) -> KeyExpression:
+    """``text`` compiled by the safe evaluator; a refused one fails at its key."""
+    from binder.partitioning import compile_expression
+
+    try:
+        return compile_expression(text)
+    except ExpressionError as exc:
+        message = f"invalid partition key expression: {exc}"
+        raise _invalid([(("partition-key-expression",), message, text)]) from None
+
+
+class BindingConfig(_Model):
+    """One binding (``uppercase-in-0``): where it points and how it consumes or produces.
+
+    After loading, ``destination`` and ``binder`` are resolved (binding name, default binder).
+    """
+
+    destination: str | None = None
+    group: str | None = None
+    """``None``: an anonymous, non-durable consumer that gets every message."""
+    binder: str | None = None
+    content_type: str = "application/json"
+    consumer: ConsumerOptions = Field(default_factory=ConsumerOptions)
+    producer: ProducerOptions = Field(default_factory=ProducerOptions)
+
+
+class BinderEntry(_Model):
+    """One configured binder: its ``type`` and the binder-specific keys beside it.
+
+    ``options`` is the type's options model instance, or the raw mapping when
+    the load had no ``binder_types``. Serialized flat, as written in YAML.
+    """
+
+    type: str
+    options: Any = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or _is_gathered(data):
+            return data
+        gathered: dict[str, Any] = {"options": {k: v for k, v in data.items() if k != "type"}}
+        if "type" in data:
+            gathered["type"] = data["type"]
+        return gathered
+
+    @model_validator(mode="after")
+    def _validate_options(self) -> Self:
+        types = _load_state().binder_types
+        if types is not None:
+            self.options = _binder_options(self.type, self.options, types)
+        return self
+
+    @model_serializer(mode="plain")
+    def _flatten(self, info: SerializationInfo) -> dict[str, Any]:
+        options = self.options
+        if isinstance(options, BaseModel):
+            options = options.model_dump(mode=info.mode, by_alias=bool(info.by_alias))
+        return {"type": self.type, **options}
+
+
+def _is_gathered(data: Mapping[Any, Any]) -> bool:
+    """Whether ``data`` already has the attribute shape ``{type, options}`` (built in code)."""
+    options = data.get("options")
+    return set(data) <= {"type", "options"} and isinstance(options, Mapping | BaseModel)
+
+
+def _binder_options(kind: str, options: Any, types: BinderTypes) -> BaseModel:
+    """``options`` validated by the model of binder type ``kind``."""
+    model = types.get(kind)
+    if model is None:
+        message = f"unknown binder type; known types: {', '.join(sorted(types)) or 'none'}"
+        raise _invalid([(("type",), message, kind)])
+    if isinstance(options, model):
+        return options
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        raise _with_key_hints(exc, model) from None
+
+
+def normalize_binding_name(name: str) -> str:
+    """``name`` as bindings are matched: lower case, ``_`` read as ``-``."""
+    return normalize_key(name)
+
+
+class BinderSection(_Model):
+    """The ``binder:`` section: active functions, binders and bindings."""
+
+    function_definition: str | None = None
+    """``;`` separates active functions, ``|`` composes; ``None``: every function is active."""
+    default_binder: str | None = None
+    """Resolved at load: the only binder when there is exactly one."""
+    binders: dict[str, BinderEntry] = Field(default_factory=dict, validate_default=True)
+    """Without any configured: ``{"local": {"type": "log"}}``."""
+    bindings: dict[str, BindingConfig] = Field(default_factory=dict)
+
+    def binding(self, name: str) -> BindingConfig | None:
+        """The binding called ``name``, matched as :func:`normalize_binding_name` does."""
+        if name in self.bindings:
+            return self.bindings[name]
+        wanted = normalize_binding_name(name)
+        matches = (b for n, b in self.bindings.items() if normalize_binding_name(n) == wanted)
+        return next(matches, None)
+
+    @field_validator("binders", mode="before")
+    @classmethod
+    def _default_binders(cls, value: Any) -> Any:
+        return _DEFAULT_BINDERS if value is None or value == {} else value
+
+    @field_validator("function_definition")
+    @classmethod
+    def _check_function_definition(cls, value: str | None) -> str | None:
+        if value is not None and not all(_function_names(value)):
+            raise ValueError("expected names like 'a|b;c' (';' separates, '|' composes)")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_binders(self) -> Self:
+        if self.default_binder is None and len(self.binders) == 1:
+            self.default_binder = next(iter(self.binders))
+        problems = [*_default_binder_problems(self), *_binding_problems(self)]
+        if problems:
+            raise _invalid(problems)
+        self.bindings = {name: _resolved(name, b, self) for name, b in self.bindings.items()}
+        return self
+
+
+def _function_names(definition: str) -> list[str]:
+    """Every function name in a ``function-definition``, stripped (empty ones included)."""
+    return [name.strip() for part in definition.split(";") for name in part.split("|")]
+
+
+_Problem = tuple[tuple[str, ...], str, Any]
+
+
+def _default_binder_problems(section: BinderSection) -> Iterator[_Problem]:
+    """Problems with ``default-binder``: missing among several binders, or unknown."""
+    names = ", ".join(section.binders)
+    if section.default_binder is None:
+        yield ("default-binder",), f"required when several binders are configured ({names})", None
+    elif section.default_binder not in section.binders:
+        message = f"unknown binder; configured binders: {names}"
+        yield ("default-binder",), message, section.default_binder
+
+
+def _binding_problems(section: BinderSection) -> Iterator[_Problem]:
+    """Bindings naming an unknown binder, or whose names clash once normalized."""
+    seen: dict[str, str] = {}
+    for name, binding in section.bindings.items():
+        key = normalize_binding_name(name)
+        if key in seen:
+            message = f"same binding as {seen[key]!r} ('-' and '_' alike, case ignored)"
+            yield ("bindings", name), message, name
+        seen.setdefault(key, name)
+        if binding.binder is not None and binding.binder not in section.binders:
+            message = f"unknown binder; configured binders: {', '.join(section.binders)}"
+            yield ("bindings", name, "binder"), message, binding.binder
+
+
+def _resolved(name: str, binding: BindingConfig, section: BinderSection) -> BindingConfig:
+    """``binding`` with its destination and binder defaults filled in."""
+    destination = name if binding.destination is None else binding.destination
+    binder = binding.binder or section.default_binder
+    return binding.model_copy(update={"destination": destination, "binder": binder})
+
+
+class Settings(BaseSettings):
+    """The whole document, ``{"binder": {...}}``, with ``BINDER_*`` overrides on top of it."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        alias_generator=_kebab,
+        populate_by_name=True,
+        case_sensitive=True,
+    )
+
+    binder: BinderSection = Field(default_factory=BinderSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment overrides first (they win), then the document given to ``__init__``."""
+        state = _load_state()
+        document = None
+        if isinstance(init_settings, InitSettingsSource):
+            document = init_settings.init_kwargs.get("binder")
+        if not isinstance(document, Mapping):
+            document = None
+        return EnvOverrideSource(settings_cls, document, state.environ, state.origins), init_settings
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _hint_unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _with_key_hints(exc, cls) from None
+
+
+BinderConfig = Settings
+"""The top-level document model (alias of :class:`Settings`)."""
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def load_config(
+    doc: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None = None,
+    binder_types: BinderTypes | None = None,
+) -> BinderSection:
+    """Validate ``doc`` (``{"binder": {...}}``) with the ``BINDER_*`` overrides of ``environ``.
+
+    ``environ`` defaults to ``os.environ``. ``binder_types`` maps a binder type
+    name to its options model; ``None`` keeps binder options as raw mappings.
+    Raises one :class:`ConfigError` listing every problem.
+    """
+    document = _document(doc)
+    state = _LoadState(os.environ if environ is None else environ, binder_types)
+    token = _LOAD_STATE.set(state)
+    try:
+        return Settings(**document).binder
+    except ValidationError as exc:
+        raise _config_error(exc, state.origins) from None
+    finally:
+        _LOAD_STATE.reset(token)
+
+
+def _document(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``doc`` as keyword arguments for :class:`Settings`; ``binder: null`` counts as absent."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError("expected a mapping with a top-level 'binder' key", value=doc)
+    for key in doc:
+        if not isinstance(key, str) or key.startswith("_"):
+            raise ConfigError(_unknown_key_message(key, ["binder"]), path=str(key), value=doc[key])
+    return {key: value for key, value in doc.items() if not (key == "binder" and value is None)}
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (``{}`` when empty); errors name the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in configuration file {str(path)!r}: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise ConfigError(f"configuration file {str(path)!r} must hold a mapping, not a {kind}")
+    return document
+
+
+_NO_VALUE_ERRORS = {"missing"}
+
+
+def _config_error(exc: ValidationError, origins: Mapping[EnvPath, str]) -> ConfigError:
+    """One ConfigError, one line per problem; ``path``/``value`` are the first problem's."""
+    problems = [_problem(error, origins) for error in exc.errors()]
+    first_path, first_text, first_value = problems[0]
+    lines = [first_text, *(f"{path}: {text}" for path, text, _ in problems[1:])]
+    return ConfigError("\n".join(lines), path=first_path, value=first_value)
+
+
+def _problem(error: Any, origins: Mapping[EnvPath, str]) -> tuple[str, str, Any]:
+    """``(path, "<what> (got <value>, from <VAR>)", value)`` for one pydantic error."""
+    loc = tuple(str(part) for part in error["loc"] if part != "[key]")
+    path = ".".join(loc)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    notes = []
+    value = None if error["type"] in _NO_VALUE_ERRORS else error["input"]
+    if error["type"] not in _NO_VALUE_ERRORS:
+        notes.append(f"got {_show(value, loc[-1] if loc else '')}")
+    variable = _origin(loc, origins)
+    if variable is not None:
+        notes.append(f"from {variable}")
+    suffix = f" ({', '.join(notes)})" if notes else ""
+    return path, f"{message}{suffix}", value
+
+
+def _origin(loc: EnvPath, origins: Mapping[EnvPath, str]) -> str | None:
+    """The variable that set ``loc`` or a mapping containing it, the most specific one."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origins:
+            return origins[loc[:end]]
+    return None
+
+
+def _show(value: Any, key: str) -> str:
+    """``value`` for an error message: short, with secrets masked."""
+    text = repr(_masked(value, secret=_is_secret_key(key)))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- effective configuration ------------------------------------------------------------
+
+_SECRET_WORDS = ("password", "secret", "token", "credentials", "api-key")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
+_MASK = "***"
+
+
+def render_effective(section: BinderSection) -> str:
+    """The effective configuration as YAML (defaults included), secrets masked.
+
+    Values of keys naming a password, secret, token, credentials or api key become
+    ``"***"``, and so does the password in any URL's user info.
+    """
+    data = {"binder": section.model_dump(mode="json", by_alias=True)}
+    return yaml.safe_dump(_masked(data), sort_keys=False, allow_unicode=True)
+
+
+def _is_secret_key(key: object) -> bool:
+    """Whether values under ``key`` are secrets."""
+    text = normalize_key(str(key))
+    return any(word in text for word in _SECRET_WORDS)
+
+
+def _masked(value: Any, secret: bool = False) -> Any:
+    """``value`` with secret scalars replaced by ``***`` and URL passwords masked."""
+    if isinstance(value, Mapping):
+        return {k: _masked(v, secret or _is_secret_key(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item, secret) for item in value]
+    if secret and value is not None:
+        return _MASK
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\g<1>{_MASK}@", value)
+    return value

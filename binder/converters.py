@@ -1,0 +1,203 @@
+"""Content types: bytes on the wire ↔ the values functions take and return.
+
+A :class:`Converter` turns a value into bytes and back for one MIME type;
+:class:`Target` adapts a decoded value to a function's declared parameter type
+(pydantic models are validated). Built-ins: ``application/json`` (default),
+``text/plain`` and ``application/octet-stream``; plugins add more through the
+``binder_add_converters`` hook. A payload of type ``bytes`` is always sent as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from binder.errors import ConfigError, ConversionError
+
+__all__ = [
+    "BytesConverter",
+    "Converter",
+    "ConverterRegistry",
+    "JsonConverter",
+    "Target",
+    "TextConverter",
+    "mime_base",
+]
+
+JSON = "application/json"
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """Encodes values to bytes and decodes them back for one content type."""
+
+    content_type: str
+
+    def encode(self, value: Any) -> bytes:
+        """The wire form of ``value``; raises :class:`ConversionError` if it has none."""
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` holds; raises :class:`ConversionError` if malformed."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class JsonConverter:
+    """``application/json``: compact UTF-8 JSON; pydantic models via their JSON dump."""
+
+    content_type = JSON
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    _decoder = json.JSONDecoder()
+
+    def encode(self, value: Any) -> bytes:
+        if isinstance(value, BaseModel):
+            return value.model_dump_json().encode()
+        try:
+            return self._encoder.encode(value).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConversionError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConversionError(f"payload is not valid JSON: {exc}") from exc
+
+
+class TextConverter:
+    """``text/plain``: UTF-8 text; non-string values are sent as ``str(value)``."""
+
+    content_type = "text/plain"
+
+    def encode(self, value: Any) -> bytes:
+        return value.encode() if isinstance(value, str) else str(value).encode()
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"payload is not valid UTF-8 text: {exc}") from exc
+
+
+class BytesConverter:
+    """``application/octet-stream``: bytes as they are."""
+
+    content_type = "application/octet-stream"
+
+    def encode(self, value: Any) -> bytes:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        raise ConversionError(
+            f"application/octet-stream needs bytes, got {type(value).__name__}"
+        )
+
+    def decode(self, data: bytes) -> Any:
+        return data
+
+
+def mime_base(content_type: str) -> str:
+    """``application/json; charset=utf-8`` → ``application/json``; ``*+json`` → JSON."""
+    base = content_type.split(";", 1)[0].strip().lower()
+    return JSON if base.endswith("+json") else base
+
+
+class ConverterRegistry:
+    """Converters by MIME type; the built-ins first, then those plugins add."""
+
+    def __init__(self, extra: Iterable[Converter] = ()) -> None:
+        self._by_type: dict[str, Converter] = {}
+        for converter in (JsonConverter(), TextConverter(), BytesConverter(), *extra):
+            self._by_type[mime_base(converter.content_type)] = converter
+
+    def get(self, content_type: str) -> Converter:
+        """The converter for ``content_type``; :class:`ConversionError` when none."""
+        converter = self._by_type.get(content_type) or self._by_type.get(mime_base(content_type))
+        if converter is None:
+            raise ConversionError(f"no converter for content type {content_type!r}")
+        return converter
+
+    def require(self, content_type: str, path: str) -> Converter:
+        """Like :meth:`get`, but a missing converter is a start-up :class:`ConfigError`."""
+        try:
+            return self.get(content_type)
+        except ConversionError:
+            known = ", ".join(sorted(self._by_type))
+            raise ConfigError(
+                f"unknown content type (known: {known})", path=path, value=content_type
+            ) from None
+
+    def encode(self, value: Any, content_type: str) -> bytes:
+        """Bytes go out as they are; everything else through the content type's converter."""
+        if type(value) is bytes:
+            return value
+        return self.get(content_type).encode(value)
+
+
+class Target:
+    """Adapts a decoded payload to a declared parameter type, built once per function.
+
+    ``None``/``Any``/``object`` take the value as is; a pydantic model is
+    validated (straight from JSON bytes when it can); other annotations go
+    through a pydantic ``TypeAdapter``. Failures are :class:`ConversionError`.
+    """
+
+    __slots__ = ("adapt", "from_json", "type")
+
+    def __init__(self, annotation: Any) -> None:
+        self.type = annotation
+        self.from_json: Callable[[bytes], Any] | None = None
+        self.adapt: Callable[[Any], Any] = self._build(annotation)
+
+    def _build(self, annotation: Any) -> Callable[[Any], Any]:
+        if annotation in (None, Any, object):
+            return _identity
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            self.from_json = _guard(annotation.model_validate_json, annotation)
+            return _guard(annotation.model_validate, annotation)
+        if annotation in (bytes, str, dict, list, int, float, bool):
+            return _exact(annotation)
+        adapter = TypeAdapter(annotation)
+        return _guard(adapter.validate_python, annotation)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _exact(kind: type) -> Callable[[Any], Any]:
+    adapter = TypeAdapter(kind)
+
+    def adapt(value: Any) -> Any:
+        if type(value) is kind:
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise ConversionError(f"payload is not a valid {kind.__name__}: {exc}") from exc
+
+    return adapt
+
+
+def _guard(validate: Callable[[Any], Any], annotation: Any) -> Callable[[Any], Any]:
+    name = getattr(annotation, "__name__", repr(annotation))
+
+    def adapt(value: Any) -> Any:
+        if isinstance(annotation, type) and isinstance(value, annotation):
+            return value
+        try:
+            return validate(value)
+        except ValidationError as exc:
+            raise ConversionError(f"payload is not a valid {name}: {exc}") from exc
+
+    return adapt

@@ -1,0 +1,199 @@
+"""Running a pipeline on received records: decode, call each stage, collect the outputs.
+
+Returning ``None`` sends nothing. Returning a plain value sends it with the
+input's key and user headers (the core's own ``x-…`` and ``contentType``
+headers are not carried over); returning a :class:`Message` sets key and
+headers explicitly. In batch mode a returned list sends one message per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from binder.converters import JSON, ConverterRegistry, mime_base
+from binder.errors import ConversionError, HandlerError
+from binder.functions import FunctionDef, Pipeline
+from binder.message import CONTENT_TYPE, DELIVERY_ATTEMPT, Message, decode_key
+from binder.spi import InboundRecord
+
+__all__ = ["Invoker", "Output", "propagated_headers"]
+
+Output = tuple[Any, Any, dict[str, str]]
+"""(payload, key, headers) of one message to send."""
+
+_CORE_PREFIXES = ("x-exception-", "x-original-")
+_CORE_NAMES = frozenset({CONTENT_TYPE, DELIVERY_ATTEMPT})
+
+
+def propagated_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The input headers an output keeps: all but the core's own."""
+    if not headers:
+        return {}
+    return {
+        name: value
+        for name, value in headers.items()
+        if name not in _CORE_NAMES and not name.startswith(_CORE_PREFIXES)
+    }
+
+
+class Invoker:
+    """Calls one pipeline for one input binding; built once at start-up."""
+
+    def __init__(
+        self, pipeline: Pipeline, converters: ConverterRegistry, content_type: str, batch: bool
+    ) -> None:
+        self.pipeline = pipeline
+        self.batch = batch
+        self._converters = converters
+        self._content_type = mime_base(content_type)
+        self._first = pipeline.stages[0]
+        self._rest = pipeline.stages[1:]
+        param = self._first.param
+        assert param is not None
+        self._wants_message = param.wants_message
+        self._target = param.target
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def payload(self, record: InboundRecord) -> Any:
+        """The record's payload, decoded by its content type and adapted to the parameter type."""
+        content_type = record.headers.get(CONTENT_TYPE)
+        content_type = self._content_type if content_type is None else mime_base(content_type)
+        target = self._target
+        if content_type == JSON and target.from_json is not None:
+            return target.from_json(record.value)
+        return target.adapt(self._converters.get(content_type).decode(record.value))
+
+    def argument(self, record: InboundRecord, attempt: int) -> Any:
+        """What the first stage is called with for ``record``."""
+        payload = self.payload(record)
+        if not self._wants_message:
+            return payload
+        return _received(payload, record, attempt)
+
+    def batch_argument(self, records: Sequence[InboundRecord], attempt: int) -> list[Any]:
+        """The list a batch-mode function is called with."""
+        return [self.argument(record, attempt) for record in records]
+
+    # -- calling ----------------------------------------------------------------------------
+
+    def run(self, record: InboundRecord, attempt: int) -> list[Output]:
+        """Process one record with a fully synchronous pipeline."""
+        result = _call(self._first, self.argument(record, attempt))
+        key, headers = decode_key(record.key), record.headers
+        for stage in self._rest:
+            if result is None:
+                return []
+            result = _call(stage, _next_argument(stage, result, key, headers))
+        return self._outputs(result, key, headers)
+
+    async def run_async(self, record: InboundRecord, attempt: int) -> list[Output]:
+        """Process one record; async stages are awaited, sync ones run off the loop."""
+        result = await _acall(self._first, self.argument(record, attempt))
+        key, headers = decode_key(record.key), record.headers
+        for stage in self._rest:
+            if result is None:
+                return []
+            result = await _acall(stage, _next_argument(stage, result, key, headers))
+        return self._outputs(result, key, headers)
+
+    def run_batch(self, records: Sequence[InboundRecord], attempt: int) -> list[Output]:
+        """Batch mode, synchronous function: one call with the whole list."""
+        result = _call(self._first, self.batch_argument(records, attempt))
+        return self._batch_outputs(result, records)
+
+    async def run_batch_async(self, records: Sequence[InboundRecord], attempt: int) -> list[Output]:
+        """Batch mode, async function."""
+        result = await _acall(self._first, self.batch_argument(records, attempt))
+        return self._batch_outputs(result, records)
+
+    @staticmethod
+    def single_output(value: Any, key: Any = None, headers: dict[str, str] | None = None) -> list[Output]:
+        """What one returned value sends (``None``: nothing; a Message: its key and headers)."""
+        if value is None:
+            return []
+        if isinstance(value, Message):
+            return [(value.payload, value.key, value.headers)]
+        return [(value, key, propagated_headers(headers or {}))]
+
+    @staticmethod
+    async def feed(tail: Pipeline, value: Any) -> list[Output]:
+        """Run ``value`` (a supplier's result) through the rest of a composition."""
+        key, headers = (value.key, value.headers) if isinstance(value, Message) else (None, {})
+        result = value
+        for stage in tail.stages:
+            if result is None:
+                return []
+            result = await _acall(stage, _next_argument(stage, result, key, headers))
+        if not tail.has_output:
+            return []
+        return Invoker.single_output(result, key, headers)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _outputs(self, result: Any, key: Any, headers: dict[str, str]) -> list[Output]:
+        if result is None or not self.pipeline.has_output:
+            return []
+        if isinstance(result, Message):
+            return [(result.payload, result.key, result.headers)]
+        return [(result, key, propagated_headers(headers))]
+
+    def _batch_outputs(self, result: Any, records: Sequence[InboundRecord]) -> list[Output]:
+        if result is None or not self.pipeline.has_output:
+            return []
+        items = result if isinstance(result, list) else [result]
+        outputs: list[Output] = []
+        for item in items:
+            if isinstance(item, Message):
+                outputs.append((item.payload, item.key, item.headers))
+            elif item is not None:
+                outputs.append((item, None, {}))
+        return outputs
+
+
+def _received(payload: Any, record: InboundRecord, attempt: int) -> Message[Any]:
+    message: Message[Any] = Message.__new__(Message)
+    message.payload = payload
+    message.key = decode_key(record.key)
+    message.headers = {**record.headers, DELIVERY_ATTEMPT: str(attempt)}
+    message.destination = record.destination
+    message.partition = record.partition
+    message.offset = record.offset
+    message.timestamp = record.timestamp
+    return message
+
+
+def _next_argument(stage: FunctionDef, result: Any, key: Any, headers: dict[str, str]) -> Any:
+    """Feed one stage's result to the next, converting to the type it declares."""
+    param = stage.param
+    assert param is not None
+    if isinstance(result, Message):
+        payload = param.target.adapt(result.payload)
+        key, headers = result.key, result.headers
+    else:
+        payload = param.target.adapt(result)
+    if param.wants_message:
+        return Message(payload, key=key, headers=headers)
+    return payload
+
+
+def _call(stage: FunctionDef, argument: Any) -> Any:
+    try:
+        return stage.fn(argument)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise HandlerError(f"{stage.name} raised {type(exc).__name__}: {exc}") from exc
+
+
+async def _acall(stage: FunctionDef, argument: Any) -> Any:
+    try:
+        if stage.is_async:
+            return await stage.fn(argument)
+        return await asyncio.to_thread(stage.fn, argument)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise HandlerError(f"{stage.name} raised {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,47 @@
+"""Plugin discovery: binder types and converters from the ``binder`` entry-point group.
+
+Built-in binders are found the same way as third-party ones: each is a module
+listed under ``[project.entry-points.binder]`` that implements the hooks of
+:class:`binder.spi.BinderSpec`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import pluggy
+from pydantic import BaseModel
+
+from binder.converters import Converter
+from binder.spi import PROJECT, BinderSpec, BinderType
+
+__all__ = ["binder_types", "converters", "option_models", "plugin_manager"]
+
+
+@functools.cache
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, loaded from entry points on first use."""
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(BinderSpec)
+    manager.load_setuptools_entrypoints(PROJECT)
+    return manager
+
+
+def binder_types() -> dict[str, BinderType]:
+    """Every registered binder type by its ``type:`` name."""
+    found: dict[str, BinderType] = {}
+    for batch in plugin_manager().hook.binder_add_binder_types():
+        for binder_type in batch:
+            found.setdefault(binder_type.name, binder_type)
+    return found
+
+
+def option_models() -> Mapping[str, type[BaseModel]]:
+    """Binder type name → the model of its options (what config validation needs)."""
+    return {name: kind.options for name, kind in binder_types().items()}
+
+
+def converters() -> list[Converter]:
+    """Converters contributed by plugins (the built-ins are always present)."""
+    return [c for batch in plugin_manager().hook.binder_add_converters() for c in batch]

@@ -1,0 +1,101 @@
+"""Retry with exponential backoff, and the headers a dead letter carries.
+
+The policy is per input binding, from its ``consumer`` options: up to
+``max-attempts`` attempts in all, waiting ``back-off-initial-interval`` ×
+``back-off-multiplier`` ^ (attempt - 1), capped at ``back-off-max-interval``,
+between them. Retries happen in place, so a failing message holds back the
+messages behind it in its key lane: order is kept, at the price of latency.
+A :class:`~binder.errors.ConversionError` is never retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from binder.errors import ConversionError, HandlerError
+from binder.message import (
+    DELIVERY_ATTEMPT,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_TYPE,
+    ORIGINAL_DESTINATION,
+    ORIGINAL_GROUP,
+    ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION,
+)
+from binder.spi import InboundRecord, OutboundRecord
+
+__all__ = ["RetryPolicy", "dead_letter_destination", "dead_letter_record"]
+
+MAX_HEADER_TEXT = 4096
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try a failed message again, and how long to wait first."""
+
+    max_attempts: int = 3
+    initial: float = 1.0
+    multiplier: float = 2.0
+    max_interval: float = 10.0
+    retryable: dict[str, bool] = field(default_factory=dict)
+    default_retryable: bool = True
+
+    @classmethod
+    def from_options(cls, options: Any) -> RetryPolicy:
+        """Build from a binding's ``ConsumerOptions``."""
+        return cls(
+            max_attempts=options.max_attempts,
+            initial=options.back_off_initial_interval,
+            multiplier=options.back_off_multiplier,
+            max_interval=options.back_off_max_interval,
+            retryable=dict(options.retryable_exceptions),
+            default_retryable=options.default_retryable,
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.initial * self.multiplier ** (attempt - 1), self.max_interval)
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether attempt ``attempt`` failing with ``exc`` earns another attempt."""
+        if attempt >= self.max_attempts or isinstance(exc, ConversionError):
+            return False
+        return self.is_retryable(exc)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """The most specific class in ``retryable-exceptions`` wins (by MRO), else the default."""
+        for klass in type(_unwrap(exc)).__mro__:
+            for name in (f"{klass.__module__}.{klass.__qualname__}", klass.__qualname__):
+                if name in self.retryable:
+                    return self.retryable[name]
+        return self.default_retryable
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    if isinstance(exc, HandlerError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
+def dead_letter_destination(destination: str, group: str | None, override: str | None) -> str:
+    """``<destination>.<group>.dlq`` (``anonymous`` for a consumer without a group)."""
+    return override or f"{destination}.{group or ANONYMOUS}.dlq"
+
+
+def dead_letter_record(
+    record: InboundRecord, exc: BaseException, group: str | None, attempts: int
+) -> OutboundRecord:
+    """The original key, payload and headers, plus why and where it failed."""
+    cause = _unwrap(exc)
+    headers = dict(record.headers)
+    headers[EXCEPTION_TYPE] = f"{type(cause).__module__}.{type(cause).__qualname__}"
+    headers[EXCEPTION_MESSAGE] = str(cause)[:MAX_HEADER_TEXT]
+    headers[ORIGINAL_DESTINATION] = record.destination
+    headers[ORIGINAL_GROUP] = group or ANONYMOUS
+    headers[ORIGINAL_PARTITION] = str(record.partition)
+    if record.offset is not None:
+        headers[ORIGINAL_OFFSET] = str(record.offset)
+    headers[DELIVERY_ATTEMPT] = str(attempts)
+    return OutboundRecord(value=record.value, key=record.key, headers=headers)

@@ -1,0 +1,248 @@
+"""``app.test()``: run an app on in-memory binders and look at everything it sends.
+
+Used as ``with app.test() as t:`` (the app runs on its own event loop in a
+background thread; ``t.send``/``t.receive`` block) or ``async with app.test()
+as t:`` (the app runs on the caller's loop; ``await t.send(...)``).
+
+Every binder of the app is swapped for an in-memory ``log`` binder on a
+private broker, unless ``BINDER_TEST_BINDER=<type>`` names a binder type to
+run on instead (its options are taken from the app's binder of that type when
+there is one, else that type's defaults). The harness records every message
+sent to any destination from the moment it starts — dead letters included —
+so :meth:`receive` also returns what was sent before it was called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from binder import plugins
+from binder.converters import ConverterRegistry
+from binder.errors import ConfigError, ConversionError
+from binder.message import CONTENT_TYPE, Message, decode_key
+from binder.spi import Binder, OutboundRecord
+
+if TYPE_CHECKING:
+    from binder.app import App
+
+__all__ = ["Recorder", "TestHarness"]
+
+TEST_BINDER_ENV = "BINDER_TEST_BINDER"
+
+
+class Recorder:
+    """Messages sent per destination, in order; readable from any thread."""
+
+    def __init__(self, converters: ConverterRegistry) -> None:
+        self._converters = converters
+        self._queues: dict[str, deque[Message[Any]]] = defaultdict(deque)
+        self._history: dict[str, list[Message[Any]]] = defaultdict(list)
+        self._changed = threading.Condition()
+        self._events: dict[str, asyncio.Event] = {}
+
+    def __call__(self, destination: str, record: OutboundRecord) -> None:
+        message = self._decode(destination, record)
+        with self._changed:
+            self._queues[destination].append(message)
+            self._history[destination].append(message)
+            self._changed.notify_all()
+        event = self._events.get(destination)
+        if event is not None:
+            event.set()
+
+    def _decode(self, destination: str, record: OutboundRecord) -> Message[Any]:
+        content_type = record.headers.get(CONTENT_TYPE, "application/octet-stream")
+        try:
+            payload = self._converters.get(content_type).decode(record.value)
+        except ConversionError:
+            payload = record.value
+        message: Message[Any] = Message(payload, key=decode_key(record.key), headers=record.headers,
+                                        destination=destination, partition=record.partition)
+        return message
+
+    def take(self, destination: str, timeout: float) -> Message[Any] | None:
+        """The next unread message sent to ``destination``, waiting up to ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._queues[destination], timeout)
+            queue = self._queues[destination]
+            return queue.popleft() if queue else None
+
+    async def take_async(self, destination: str, timeout: float) -> Message[Any] | None:
+        """Like :meth:`take`, waiting on the event loop instead of blocking it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._changed:
+                queue = self._queues[destination]
+                if queue:
+                    return queue.popleft()
+            event = self._events.setdefault(destination, asyncio.Event())
+            event.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    def sent(self, destination: str) -> list[Message[Any]]:
+        """Everything sent to ``destination`` so far, read or not."""
+        with self._changed:
+            return list(self._history[destination])
+
+
+class TestHarness:
+    """Runs an app for a test; see the module docstring."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, app: App, *, binder_type: str | None = None) -> None:
+        self.app = app
+        self.binder_type = binder_type or os.environ.get(TEST_BINDER_ENV) or None
+        self.recorder = Recorder(app.converters)
+        self._brokers: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- binder swap ------------------------------------------------------------------------
+
+    def _make_binder(self, name: str, entry: Any) -> Binder:
+        kinds = plugins.binder_types()
+        if self.binder_type is None:
+            from binders.log import LogOptions
+
+            broker = f"test-{uuid.uuid4().hex}-{name}"
+            self._brokers.append(broker)
+            return kinds["log"].create(name, LogOptions(broker=broker))
+        if self.binder_type not in kinds:
+            raise ConfigError(f"unknown binder type (known: {', '.join(sorted(kinds))})",
+                              path=TEST_BINDER_ENV, value=self.binder_type)
+        kind = kinds[self.binder_type]
+        options = entry.options if entry.type == self.binder_type else self._options_for(kind)
+        return kind.create(name, options)
+
+    def _options_for(self, kind: Any) -> Any:
+        for entry in self.app.config.binders.values():
+            if entry.type == kind.name:
+                return entry.options
+        return kind.options()
+
+    async def _start(self) -> None:
+        self.app._binder_factory = self._make_binder
+        self.app._observers.append(self.recorder)
+        try:
+            await self.app.start()
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def _stop(self) -> None:
+        try:
+            await self.app.stop()
+        finally:
+            self.app._binder_factory = None
+            if self.recorder in self.app._observers:
+                self.app._observers.remove(self.recorder)
+            from binders.log.engine import Broker
+
+            for broker in self._brokers:
+                Broker.forget(broker)
+
+    # -- async use --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncTestClient:
+        await self._start()
+        return AsyncTestClient(self)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    # -- sync use ---------------------------------------------------------------------------
+
+    def __enter__(self) -> TestClient:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="binder-test",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self._call(self._start())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return TestClient(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._call(self._stop())
+        finally:
+            self._shutdown_loop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(ready.set)
+        self._loop.run_forever()
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _shutdown_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._loop = self._thread = None
+
+
+class _Client:
+    def __init__(self, harness: TestHarness) -> None:
+        self.harness = harness
+        self.app = harness.app
+
+    def destination(self, name: str) -> str:
+        """The destination a binding name or destination name refers to."""
+        return self.app.destination_of(name)
+
+    def sent(self, name: str) -> list[Message[Any]]:
+        """Every message sent to the binding's (or named) destination so far."""
+        return self.harness.recorder.sent(self.destination(name))
+
+
+class TestClient(_Client):
+    """The blocking face of the harness (``with app.test() as t``)."""
+
+    __test__ = False
+
+    def send(self, name: str, payload: Any, *, key: Any = None,
+             headers: Mapping[str, Any] | None = None) -> None:
+        """Send to a binding's destination (or a destination); returns once accepted."""
+        self.harness._call(self.app.send(name, payload, key=key, headers=headers))
+
+    def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
+        """The next message sent to that destination, or ``None`` after ``timeout`` seconds."""
+        return self.harness.recorder.take(self.destination(name), timeout)
+
+
+class AsyncTestClient(_Client):
+    """The awaitable face of the harness (``async with app.test() as t``)."""
+
+    __test__ = False
+
+    async def send(self, name: str, payload: Any, *, key: Any = None,
+                   headers: Mapping[str, Any] | None = None) -> None:
+        await self.app.send(name, payload, key=key, headers=headers)
+
+    async def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
+        return await self.harness.recorder.take_async(self.destination(name), timeout)

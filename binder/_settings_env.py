@@ -1,4 +1,4 @@
-"""Private helpers of :mod:`binder.config`: durations and environment overrides.
+"""Private helpers of :mod:`binder.config`: durations, environment overrides, error reports.
 
 Environment rules (the public contract is in ``DESIGN.md``): a variable
 ``BINDER_<SEGMENT>__<SEGMENT>...`` overrides the key path
@@ -7,29 +7,42 @@ with ``-`` and ``_`` alike, a key the YAML document already has at that level
 (so an override lands on the binding the YAML spelled ``uppercase-in-0``);
 otherwise it becomes the kebab-case lower key. Values are read as YAML scalars
 or flow collections. ``BINDER_TEST_*`` belongs to the test harness and is ignored.
+
+Error reports turn a pydantic ``ValidationError`` into one ``ConfigError`` whose
+lines read ``<key path>: <what> (got <value>, from <VARIABLE>)``, secrets masked.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, NamedTuple
 
 import yaml
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from binder.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
     "Duration",
     "EnvOverrideSource",
+    "EnvPath",
+    "Problem",
+    "config_error",
     "env_overrides",
+    "invalid",
+    "masked",
     "normalize_key",
     "parse_duration",
     "parse_env_value",
+    "unknown_key_message",
+    "with_key_hints",
 ]
 
 ENV_PREFIX = "BINDER_"
@@ -138,7 +151,7 @@ def _match_key(segment: str, level: Any) -> str:
 
 
 def _put(tree: dict[str, Any], path: EnvPath, value: Any) -> None:
-    """Set ``tree[path[0]][path[1]]... = value``, creating (or replacing) non-mappings on the way."""
+    """Set ``tree[path[0]][path[1]]... = value``, making (or replacing) mappings on the way."""
     for key in path[:-1]:
         child = tree.get(key)
         if not isinstance(child, dict):
@@ -175,3 +188,138 @@ class EnvOverrideSource(PydanticBaseSettingsSource):
         overrides, origins = env_overrides(self._environ, self._document)
         self._origins.update(origins)
         return {_SECTION: overrides} if overrides else {}
+
+
+# --- problems raised by validators ------------------------------------------------------
+
+
+class Problem(NamedTuple):
+    """One problem a validator found, at ``loc`` relative to the model it validates."""
+
+    loc: tuple[str, ...]
+    message: str
+    value: Any
+    kind: str = "invalid"
+    """``missing``: a required value is absent, so the report shows no value."""
+
+
+def invalid(problems: Iterable[Problem]) -> ValidationError:
+    """A ValidationError of ``problems``; pydantic nests it under the validated location."""
+    details = [
+        InitErrorDetails(type=PydanticCustomError(p.kind, p.message), loc=p.loc, input=p.value)
+        for p in problems
+    ]
+    return ValidationError.from_exception_data("binder configuration", details)
+
+
+def unknown_key_message(key: object, known: Iterable[str]) -> str:
+    """``unknown key``, with the closest known key as a hint when one is close."""
+    matches = difflib.get_close_matches(normalize_key(str(key)), list(known), n=1)
+    return f"unknown key, did you mean {matches[0]!r}?" if matches else "unknown key"
+
+
+def with_key_hints(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``exc`` with the unknown keys of ``model`` itself reworded to suggest a known key."""
+    errors = exc.errors()
+    if not any(_is_own_unknown_key(error) for error in errors):
+        return exc
+    known = [info.alias or name for name, info in model.model_fields.items()]
+    details = [_with_hint(error, known) for error in errors]
+    return ValidationError.from_exception_data(exc.title, details)
+
+
+def _is_own_unknown_key(error: Any) -> bool:
+    """Whether ``error`` is an unknown key directly in the model being validated."""
+    return bool(error["type"] == "extra_forbidden" and len(error["loc"]) == 1)
+
+
+def _with_hint(error: Any, known: list[str]) -> InitErrorDetails:
+    """``error`` as error details; an own unknown key gets a did-you-mean message."""
+    message = error["msg"]
+    if _is_own_unknown_key(error):
+        message = unknown_key_message(error["loc"][0], known)
+    kind = PydanticCustomError(error["type"], message)
+    return InitErrorDetails(type=kind, loc=error["loc"], input=error["input"])
+
+
+# --- the report -------------------------------------------------------------------------
+
+_NO_VALUE_ERRORS = {"missing"}
+
+
+def config_error(exc: ValidationError, origins: Mapping[EnvPath, str]) -> ConfigError:
+    """One ConfigError, one line per problem; its ``path``/``value`` are the first problem's.
+
+    ``origins`` maps key paths to the variable that set them, named in the report.
+    """
+    problems = [_report_line(error, origins) for error in exc.errors()]
+    first_path, first_text, first_value = problems[0]
+    lines = [first_text, *(f"{path}: {text}" for path, text, _ in problems[1:])]
+    return ConfigError("\n".join(lines), path=first_path, value=first_value)
+
+
+def _report_line(error: Any, origins: Mapping[EnvPath, str]) -> tuple[str, str, Any]:
+    """``(path, "<what> (got <value>, from <VAR>)", value)`` for one pydantic error."""
+    loc = tuple(str(part) for part in error["loc"] if part != "[key]")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    has_value = error["type"] not in _NO_VALUE_ERRORS
+    value = error["input"] if has_value else None
+    notes = [f"got {_show(value, loc[-1] if loc else '')}"] if has_value else []
+    variable = _origin(loc, origins)
+    if variable is not None:
+        notes.append(f"from {variable}")
+    suffix = f" ({', '.join(notes)})" if notes else ""
+    return ".".join(loc), f"{message}{suffix}", value
+
+
+def _origin(loc: EnvPath, origins: Mapping[EnvPath, str]) -> str | None:
+    """The variable that set ``loc`` or a mapping containing it, the most specific one."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origins:
+            return origins[loc[:end]]
+    return None
+
+
+def _show(value: Any, key: str) -> str:
+    """``value`` for an error message: short, secrets masked."""
+    text = repr(masked(value, secret=_is_secret_key(key)))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+_SECRET_WORDS = ("password", "secret", "token", "credentials", "api-key")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
+_MASK = "***"
+_NAME_MAPS = {"binders", "bindings", "retryable-exceptions"}
+
+
+def masked(value: Any, secret: bool = False, names: bool = False) -> Any:
+    """``value`` with secret scalars replaced by ``***`` and URL passwords masked.
+
+    A value is secret under a key naming a password, secret, token, credentials
+    or api key (``secret``). ``names``: the keys of mapping ``value`` are
+    user-chosen names (bindings, binders), never taken for secret keys.
+    """
+    if isinstance(value, Mapping):
+        return {
+            k: masked(v, _child_secret(k, secret, names), k in _NAME_MAPS) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [masked(item, secret) for item in value]
+    if secret and value is not None:
+        return _MASK
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\g<1>{_MASK}@", value)
+    return value
+
+
+def _is_secret_key(key: object) -> bool:
+    """Whether values under ``key`` are secrets."""
+    text = normalize_key(str(key))
+    return any(word in text for word in _SECRET_WORDS)
+
+
+def _child_secret(key: object, secret: bool, names: bool) -> bool:
+    """Whether the value under ``key`` is secret, given its mapping's own flags."""
+    return secret or (not names and _is_secret_key(key))

@@ -46,8 +46,9 @@ class App:
     function, an impossible composition) raise when the app starts.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, *,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.config: BinderSection = load_config(config, environ, plugins.option_models())
         self.functions = FunctionRegistry()
         self.converters = ConverterRegistry(plugins.converters())
@@ -78,8 +79,10 @@ class App:
         """Register a consumer: one input (``<name>-in-0``), no output."""
         return self._register(fn, "consumer", name)
 
-    def supplier(self, fn: F | None = None, *, interval: float = 1.0, name: str | None = None) -> Any:
-        """Register a supplier, called every ``interval`` seconds; its result goes to ``<name>-out-0``."""
+    def supplier(
+        self, fn: F | None = None, *, interval: float = 1.0, name: str | None = None
+    ) -> Any:
+        """Register a supplier, called every ``interval`` seconds; output ``<name>-out-0``."""
         return self._register(fn, "supplier", name, interval=interval)
 
     def _register(self, fn: F | None, kind: Any, name: str | None, **kw: Any) -> Any:
@@ -150,8 +153,9 @@ class App:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, name: str, payload: Any, *, key: Any = None,
-                   headers: Mapping[str, Any] | None = None) -> None:
+    async def send(
+        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> None:
         """Send to the binding called ``name`` (its destination and producer settings),
         else to the destination ``name`` on the default binder.
 
@@ -211,10 +215,16 @@ class App:
             registered = fn in self.functions.names()
             close = difflib.get_close_matches(fn, [*active, *self.functions.names()], n=1)
             if match["dir"] == "in" or registered or close:
-                hint = " (registered but not in function-definition)" if registered else (
-                    f" (did you mean {close[0]!r}?)" if close else "")
-                raise ConfigError(f"binding names function {fn!r}, which is not active{hint}",
-                                  path=f"binder.bindings.{name}", value=name)
+                hint = (
+                    " (registered but not in function-definition)"
+                    if registered
+                    else (f" (did you mean {close[0]!r}?)" if close else "")
+                )
+                raise ConfigError(
+                    f"binding names function {fn!r}, which is not active{hint}",
+                    path=f"binder.bindings.{name}",
+                    value=name,
+                )
 
     async def _bind(self, pipeline: Pipeline) -> None:
         output = None
@@ -225,7 +235,8 @@ class App:
         if pipeline.kind == "supplier":
             assert output is not None
             self._bindings[pipeline.output_binding] = SupplierBinding(
-                pipeline.output_binding, _supplier_call(pipeline), output, pipeline.interval)
+                pipeline.output_binding, _supplier_call(pipeline), output, pipeline.interval
+            )
         else:
             self._bindings[pipeline.input_binding] = await self._input(pipeline, output)
 
@@ -238,13 +249,21 @@ class App:
         binder = await self._binder(config.binder, path)
         producer = config.producer
         if producer.required_groups and not binder.capabilities.consumer_groups:
-            raise CapabilityError(f"required-groups needs consumer_groups, which binder "
-                                  f"{binder.name!r} lacks", path=f"{path}.producer.required-groups")
+            raise CapabilityError(
+                f"required-groups needs consumer_groups, which binder {binder.name!r} lacks",
+                path=f"{path}.producer.required-groups",
+            )
         return OutputBinding(
-            name, config.destination or name, binder, self.converters,
-            content_type=config.content_type, partition_count=producer.partition_count,
-            key_expression=producer.key_expression, required_groups=producer.required_groups,
-            observers=self._observers)
+            name,
+            config.destination or name,
+            binder,
+            self.converters,
+            content_type=config.content_type,
+            partition_count=producer.partition_count,
+            key_expression=producer.key_expression,
+            required_groups=producer.required_groups,
+            observers=self._observers,
+        )
 
     async def _input(self, pipeline: Pipeline, output: OutputBinding | None) -> InputBinding:
         name = pipeline.input_binding
@@ -256,20 +275,34 @@ class App:
         _check_consumer_capabilities(binder, config, path)
         destination = config.destination or name
         spec = ConsumerSpec(
-            destination=destination, group=config.group,
-            instance_index=options.instance_index, instance_count=options.instance_count,
-            start=options.start_offset, max_records=max(options.batch_size, 100))
+            destination=destination,
+            group=config.group,
+            instance_index=options.instance_index,
+            instance_count=options.instance_count,
+            start=options.start_offset,
+            max_records=max(options.batch_size, 100),
+        )
         dead_letters = None
         if options.dead_letter:
-            dlq = dead_letter_destination(destination, config.group, options.dead_letter_destination)
-            dead_letters = OutputBinding(f"{name}.dlq", dlq, binder, self.converters,
-                                         observers=self._observers)
+            dlq = dead_letter_destination(
+                destination, config.group, options.dead_letter_destination
+            )
+            dead_letters = OutputBinding(
+                f"{name}.dlq", dlq, binder, self.converters, observers=self._observers
+            )
             self._outputs[dead_letters.name] = dead_letters
         invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)
         return InputBinding(
-            name, spec, binder, invoker, output=output, dead_letters=dead_letters,
-            policy=RetryPolicy.from_options(options), concurrency=options.concurrency,
-            batch_size=options.batch_size)
+            name,
+            spec,
+            binder,
+            invoker,
+            output=output,
+            dead_letters=dead_letters,
+            policy=RetryPolicy.from_options(options),
+            concurrency=options.concurrency,
+            batch_size=options.batch_size,
+        )
 
     async def _binder(self, name: str | None, path: str) -> Binder:
         name = name or self.config.default_binder
@@ -295,19 +328,26 @@ class App:
 def _check_consumer_capabilities(binder: Binder, config: BindingConfig, path: str) -> None:
     caps = binder.capabilities
     if config.group and not caps.consumer_groups:
-        raise CapabilityError(f"binder {binder.name!r} lacks consumer_groups",
-                              path=f"{path}.group", value=config.group)
+        raise CapabilityError(
+            f"binder {binder.name!r} lacks consumer_groups",
+            path=f"{path}.group",
+            value=config.group,
+        )
     if config.consumer.instance_count > 1 and not caps.native_partitions:
-        raise CapabilityError(f"static partition assignment needs native_partitions, which "
-                              f"binder {binder.name!r} lacks", path=f"{path}.consumer.instance-count",
-                              value=config.consumer.instance_count)
+        raise CapabilityError(
+            f"static partition assignment needs native_partitions, which "
+            f"binder {binder.name!r} lacks",
+            path=f"{path}.consumer.instance-count",
+            value=config.consumer.instance_count,
+        )
     if config.group is None and not caps.anonymous_consumers:
-        raise CapabilityError(f"binder {binder.name!r} lacks anonymous_consumers: set a group",
-                              path=f"{path}.group")
+        raise CapabilityError(
+            f"binder {binder.name!r} lacks anonymous_consumers: set a group", path=f"{path}.group"
+        )
 
 
 def _supplier_call(pipeline: Pipeline) -> Callable[[], Any]:
-    """A coroutine function producing the supplier pipeline's outputs ([(payload, key, headers)])."""
+    """A coroutine function returning the supplier pipeline's outputs."""
     first, rest = pipeline.stages[0], pipeline.stages[1:]
 
     async def call() -> list[Any]:

@@ -31,7 +31,6 @@ __all__ = ["BindingState", "InputBinding", "SupplierBinding"]
 log = logging.getLogger("binder.bindings")
 
 
-
 class _Abandon(Exception):
     """Stopping mid-retry: leave the message uncommitted, to be redelivered."""
 
@@ -246,7 +245,9 @@ class InputBinding(_Lifecycle):
             return await self._attempt_async(records)
         return await asyncio.to_thread(self._attempt_sync, records)
 
-    def _attempt_sync(self, records: Sequence[InboundRecord]) -> tuple[int, list, BaseException | None]:
+    def _attempt_sync(
+        self, records: Sequence[InboundRecord]
+    ) -> tuple[int, list, BaseException | None]:
         run, encode, outgoing = self.invoker.run, self._encode, []
         for done, record in enumerate(records):
             try:
@@ -255,7 +256,9 @@ class InputBinding(_Lifecycle):
                 return done, outgoing, exc
         return len(records), outgoing, None
 
-    async def _attempt_async(self, records: Sequence[InboundRecord]) -> tuple[int, list, BaseException | None]:
+    async def _attempt_async(
+        self, records: Sequence[InboundRecord]
+    ) -> tuple[int, list, BaseException | None]:
         run, encode, outgoing = self.invoker.run_async, self._encode, []
         for done, record in enumerate(records):
             try:
@@ -282,12 +285,18 @@ class InputBinding(_Lifecycle):
         await self._send(outgoing)
         await self._complete(records)
 
-    async def _run_batch(self, records: Sequence[InboundRecord], attempt: int) -> list[OutboundRecord]:
+    async def _run_batch(
+        self, records: Sequence[InboundRecord], attempt: int
+    ) -> list[OutboundRecord]:
         if self.invoker.pipeline.is_async:
             return self._encode(await self.invoker.run_batch_async(records, attempt))
-        return await asyncio.to_thread(lambda: self._encode(self.invoker.run_batch(records, attempt)))
+        return await asyncio.to_thread(
+            lambda: self._encode(self.invoker.run_batch(records, attempt))
+        )
 
-    async def _run_one(self, records: Sequence[InboundRecord], attempt: int) -> list[OutboundRecord]:
+    async def _run_one(
+        self, records: Sequence[InboundRecord], attempt: int
+    ) -> list[OutboundRecord]:
         if self.invoker.batch:
             return await self._run_batch(records, attempt)
         if self.invoker.pipeline.is_async:
@@ -314,15 +323,30 @@ class InputBinding(_Lifecycle):
         await self._give_up(records, exc, attempt)
         await self._complete(records)
 
-    async def _give_up(self, records: Sequence[InboundRecord], exc: BaseException, attempts: int) -> None:
+    async def _give_up(
+        self, records: Sequence[InboundRecord], exc: BaseException, attempts: int
+    ) -> None:
         kind = "undecodable" if isinstance(exc, ConversionError) else "failed"
         if self.dead_letters is None:
-            log.error("%s: dropping %d %s message(s) after %d attempt(s): %s",
-                      self.name, len(records), kind, attempts, exc)
+            log.error(
+                "%s: dropping %d %s message(s) after %d attempt(s): %s",
+                self.name,
+                len(records),
+                kind,
+                attempts,
+                exc,
+            )
             return
         letters = [dead_letter_record(r, exc, self.group, attempts) for r in records]
-        log.warning("%s: dead-lettering %d %s message(s) to %s after %d attempt(s): %s",
-                    self.name, len(records), kind, self.dead_letters.destination, attempts, exc)
+        log.warning(
+            "%s: dead-lettering %d %s message(s) to %s after %d attempt(s): %s",
+            self.name,
+            len(records),
+            kind,
+            self.dead_letters.destination,
+            attempts,
+            exc,
+        )
         while True:
             try:
                 await self.dead_letters.send_records(letters)
@@ -336,8 +360,13 @@ class InputBinding(_Lifecycle):
 class SupplierBinding(_Lifecycle):
     """Polls a supplier pipeline every ``interval`` seconds and sends what it returns."""
 
-    def __init__(self, name: str, call: Callable[[], Awaitable[list[Any]]], output: OutputBinding,
-                 interval: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        call: Callable[[], Awaitable[list[Any]]],
+        output: OutputBinding,
+        interval: float,
+    ) -> None:
         super().__init__(name)
         self.output = output
         self.interval = interval

@@ -13,10 +13,9 @@ options model of the binder's type, passed in as ``binder_types``.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -43,7 +41,18 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from binder._settings_env import Duration, EnvOverrideSource, EnvPath, normalize_key
+from binder._settings_env import (
+    Duration,
+    EnvOverrideSource,
+    EnvPath,
+    Problem,
+    config_error,
+    invalid,
+    masked,
+    normalize_key,
+    unknown_key_message,
+    with_key_hints,
+)
 from binder.errors import ConfigError, ExpressionError
 
 if TYPE_CHECKING:
@@ -55,6 +64,7 @@ __all__ = [
     "BinderConfig",
     "BinderEntry",
     "BinderSection",
+    "BinderTypes",
     "BindingConfig",
     "ConsumerOptions",
     "Duration",
@@ -95,53 +105,6 @@ def _load_state() -> _LoadState:
     return _LOAD_STATE.get() or _LoadState(os.environ)
 
 
-# --- validation errors ------------------------------------------------------------------
-
-
-def _invalid(problems: Iterable[tuple[tuple[str, ...], str, Any]]) -> ValidationError:
-    """A ValidationError of ``(loc, message, value)`` problems, nested by pydantic under its caller."""
-    details = [
-        InitErrorDetails(type=PydanticCustomError("invalid", message), loc=loc, input=value)
-        for loc, message, value in problems
-    ]
-    return ValidationError.from_exception_data("binder configuration", details)
-
-
-def _known_keys(model: type[BaseModel]) -> list[str]:
-    """The YAML keys ``model`` accepts (aliases, else field names)."""
-    return [info.alias or name for name, info in model.model_fields.items()]
-
-
-def _unknown_key_message(key: object, known: list[str]) -> str:
-    """``unknown key``, with the closest known key as a hint when one is close."""
-    matches = difflib.get_close_matches(normalize_key(str(key)), known, n=1)
-    return f"unknown key, did you mean {matches[0]!r}?" if matches else "unknown key"
-
-
-def _with_key_hints(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
-    """``exc`` with its unknown keys of ``model`` itself reworded to suggest a known key."""
-    errors = exc.errors()
-    if not any(_is_own_unknown_key(error) for error in errors):
-        return exc
-    known = _known_keys(model)
-    details = [_rebuilt(error, known) for error in errors]
-    return ValidationError.from_exception_data(exc.title, details)
-
-
-def _is_own_unknown_key(error: Any) -> bool:
-    """Whether ``error`` is an unknown key directly in the model being validated."""
-    return bool(error["type"] == "extra_forbidden" and len(error["loc"]) == 1)
-
-
-def _rebuilt(error: Any, known: list[str]) -> InitErrorDetails:
-    """``error`` as error details; an own unknown key gets a did-you-mean message."""
-    message = error["msg"]
-    if _is_own_unknown_key(error):
-        message = _unknown_key_message(error["loc"][0], known)
-    kind = PydanticCustomError(error["type"], message)
-    return InitErrorDetails(type=kind, loc=error["loc"], input=error["input"])
-
-
 # --- models -----------------------------------------------------------------------------
 
 
@@ -166,7 +129,7 @@ class _Model(BaseModel):
         try:
             return handler(data)
         except ValidationError as exc:
-            raise _with_key_hints(exc, cls) from None
+            raise with_key_hints(exc, cls) from None
 
 
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -179,7 +142,7 @@ def _check_exception_name(name: str) -> str:
     return name
 
 
-ExceptionName = Annotated[str, AfterValidator(_check_exception_name)]
+_ExceptionName = Annotated[str, AfterValidator(_check_exception_name)]
 
 
 class ConsumerOptions(_Model):
@@ -190,7 +153,7 @@ class ConsumerOptions(_Model):
     back_off_initial_interval: Duration = 1.0
     back_off_multiplier: float = Field(2.0, ge=1)
     back_off_max_interval: Duration = 10.0
-    retryable_exceptions: dict[ExceptionName, bool] = Field(default_factory=dict)
+    retryable_exceptions: dict[_ExceptionName, bool] = Field(default_factory=dict)
     """Exception class name (simple or dotted) -> retry it or not, as in Spring."""
     default_retryable: bool = True
     dead_letter: bool = True
@@ -208,7 +171,7 @@ class ConsumerOptions(_Model):
     def _check_instance_index(self) -> Self:
         if self.instance_index >= self.instance_count:
             message = f"must be less than instance-count ({self.instance_count})"
-            raise _invalid([(("instance-index",), message, self.instance_index)])
+            raise invalid([Problem(("instance-index",), message, self.instance_index)])
         return self
 
 
@@ -218,12 +181,12 @@ class ProducerOptions(_Model):
     partition_key_expression: str | None = None
     partition_count: int = Field(1, ge=1)
     required_groups: list[str] = Field(default_factory=list)
-    _key_expression: Any = PrivateAttr(default=None)
+    _key_expression: KeyExpression | None = PrivateAttr(default=None)
 
     @property
     def key_expression(self) -> KeyExpression | None:
         """``partition-key-expression`` compiled at load time; ``None`` without one."""
-        return self._key_expression  # type: ignore[no-any-return]
+        return self._key_expression
 
     @model_validator(mode="after")
     def _compile_key_expression(self) -> Self:
@@ -240,8 +203,7 @@ def _compile_key_expression(text: str) -> KeyExpression:
     try:
         return compile_expression(text)
     except ExpressionError as exc:
-        message = f"invalid partition key expression: {exc}"
-        raise _invalid([(("partition-key-expression",), message, text)]) from None
+        raise invalid([Problem(("partition-key-expression",), str(exc), text)]) from None
 
 
 class BindingConfig(_Model):
@@ -263,7 +225,8 @@ class BinderEntry(_Model):
     """One configured binder: its ``type`` and the binder-specific keys beside it.
 
     ``options`` is the type's options model instance, or the raw mapping when
-    the load had no ``binder_types``. Serialized flat, as written in YAML.
+    the load had no ``binder_types``. Serialized flat, as written in YAML (so a
+    binder cannot have an option called ``type``, nor only one called ``options``).
     """
 
     type: str
@@ -305,13 +268,13 @@ def _binder_options(kind: str, options: Any, types: BinderTypes) -> BaseModel:
     model = types.get(kind)
     if model is None:
         message = f"unknown binder type; known types: {', '.join(sorted(types)) or 'none'}"
-        raise _invalid([(("type",), message, kind)])
+        raise invalid([Problem(("type",), message, kind)])
     if isinstance(options, model):
         return options
     try:
         return model.model_validate(options)
     except ValidationError as exc:
-        raise _with_key_hints(exc, model) from None
+        raise with_key_hints(exc, model) from None
 
 
 def normalize_binding_name(name: str) -> str:
@@ -356,7 +319,7 @@ class BinderSection(_Model):
             self.default_binder = next(iter(self.binders))
         problems = [*_default_binder_problems(self), *_binding_problems(self)]
         if problems:
-            raise _invalid(problems)
+            raise invalid(problems)
         self.bindings = {name: _resolved(name, b, self) for name, b in self.bindings.items()}
         return self
 
@@ -366,31 +329,29 @@ def _function_names(definition: str) -> list[str]:
     return [name.strip() for part in definition.split(";") for name in part.split("|")]
 
 
-_Problem = tuple[tuple[str, ...], str, Any]
-
-
-def _default_binder_problems(section: BinderSection) -> Iterator[_Problem]:
+def _default_binder_problems(section: BinderSection) -> Iterator[Problem]:
     """Problems with ``default-binder``: missing among several binders, or unknown."""
     names = ", ".join(section.binders)
     if section.default_binder is None:
-        yield ("default-binder",), f"required when several binders are configured ({names})", None
+        message = f"required when several binders are configured ({names})"
+        yield Problem(("default-binder",), message, None, kind="missing")
     elif section.default_binder not in section.binders:
         message = f"unknown binder; configured binders: {names}"
-        yield ("default-binder",), message, section.default_binder
+        yield Problem(("default-binder",), message, section.default_binder)
 
 
-def _binding_problems(section: BinderSection) -> Iterator[_Problem]:
+def _binding_problems(section: BinderSection) -> Iterator[Problem]:
     """Bindings naming an unknown binder, or whose names clash once normalized."""
     seen: dict[str, str] = {}
     for name, binding in section.bindings.items():
         key = normalize_binding_name(name)
         if key in seen:
             message = f"same binding as {seen[key]!r} ('-' and '_' alike, case ignored)"
-            yield ("bindings", name), message, name
+            yield Problem(("bindings", name), message, name)
         seen.setdefault(key, name)
         if binding.binder is not None and binding.binder not in section.binders:
             message = f"unknown binder; configured binders: {', '.join(section.binders)}"
-            yield ("bindings", name, "binder"), message, binding.binder
+            yield Problem(("bindings", name, "binder"), message, binding.binder)
 
 
 def _resolved(name: str, binding: BindingConfig, section: BinderSection) -> BindingConfig:
@@ -423,12 +384,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment overrides first (they win), then the document given to ``__init__``."""
         state = _load_state()
-        document = None
-        if isinstance(init_settings, InitSettingsSource):
-            document = init_settings.init_kwargs.get("binder")
-        if not isinstance(document, Mapping):
-            document = None
-        return EnvOverrideSource(settings_cls, document, state.environ, state.origins), init_settings
+        document = _init_document(init_settings)
+        env = EnvOverrideSource(settings_cls, document, state.environ, state.origins)
+        return env, init_settings
 
     @model_validator(mode="wrap")
     @classmethod
@@ -436,11 +394,18 @@ class Settings(BaseSettings):
         try:
             return handler(data)
         except ValidationError as exc:
-            raise _with_key_hints(exc, cls) from None
+            raise with_key_hints(exc, cls) from None
 
 
 BinderConfig = Settings
 """The top-level document model (alias of :class:`Settings`)."""
+
+
+def _init_document(init_settings: PydanticBaseSettingsSource) -> Mapping[str, Any] | None:
+    """The ``binder`` section given to ``Settings(...)``, whose key spellings env vars match."""
+    kwargs = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+    document = kwargs.get("binder")
+    return document if isinstance(document, Mapping) else None
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -463,7 +428,7 @@ def load_config(
     try:
         return Settings(**document).binder
     except ValidationError as exc:
-        raise _config_error(exc, state.origins) from None
+        raise config_error(exc, state.origins) from None
     finally:
         _LOAD_STATE.reset(token)
 
@@ -476,7 +441,7 @@ def _document(doc: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("expected a mapping with a top-level 'binder' key", value=doc)
     for key in doc:
         if not isinstance(key, str) or key.startswith("_"):
-            raise ConfigError(_unknown_key_message(key, ["binder"]), path=str(key), value=doc[key])
+            raise ConfigError(unknown_key_message(key, ["binder"]), path=str(key), value=doc[key])
     return {key: value for key, value in doc.items() if not (key == "binder" and value is None)}
 
 
@@ -498,52 +463,7 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return document
 
 
-_NO_VALUE_ERRORS = {"missing"}
-
-
-def _config_error(exc: ValidationError, origins: Mapping[EnvPath, str]) -> ConfigError:
-    """One ConfigError, one line per problem; ``path``/``value`` are the first problem's."""
-    problems = [_problem(error, origins) for error in exc.errors()]
-    first_path, first_text, first_value = problems[0]
-    lines = [first_text, *(f"{path}: {text}" for path, text, _ in problems[1:])]
-    return ConfigError("\n".join(lines), path=first_path, value=first_value)
-
-
-def _problem(error: Any, origins: Mapping[EnvPath, str]) -> tuple[str, str, Any]:
-    """``(path, "<what> (got <value>, from <VAR>)", value)`` for one pydantic error."""
-    loc = tuple(str(part) for part in error["loc"] if part != "[key]")
-    path = ".".join(loc)
-    message = str(error["msg"]).removeprefix("Value error, ")
-    notes = []
-    value = None if error["type"] in _NO_VALUE_ERRORS else error["input"]
-    if error["type"] not in _NO_VALUE_ERRORS:
-        notes.append(f"got {_show(value, loc[-1] if loc else '')}")
-    variable = _origin(loc, origins)
-    if variable is not None:
-        notes.append(f"from {variable}")
-    suffix = f" ({', '.join(notes)})" if notes else ""
-    return path, f"{message}{suffix}", value
-
-
-def _origin(loc: EnvPath, origins: Mapping[EnvPath, str]) -> str | None:
-    """The variable that set ``loc`` or a mapping containing it, the most specific one."""
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in origins:
-            return origins[loc[:end]]
-    return None
-
-
-def _show(value: Any, key: str) -> str:
-    """``value`` for an error message: short, with secrets masked."""
-    text = repr(_masked(value, secret=_is_secret_key(key)))
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 # --- effective configuration ------------------------------------------------------------
-
-_SECRET_WORDS = ("password", "secret", "token", "credentials", "api-key")
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
-_MASK = "***"
 
 
 def render_effective(section: BinderSection) -> str:
@@ -553,23 +473,4 @@ def render_effective(section: BinderSection) -> str:
     ``"***"``, and so does the password in any URL's user info.
     """
     data = {"binder": section.model_dump(mode="json", by_alias=True)}
-    return yaml.safe_dump(_masked(data), sort_keys=False, allow_unicode=True)
-
-
-def _is_secret_key(key: object) -> bool:
-    """Whether values under ``key`` are secrets."""
-    text = normalize_key(str(key))
-    return any(word in text for word in _SECRET_WORDS)
-
-
-def _masked(value: Any, secret: bool = False) -> Any:
-    """``value`` with secret scalars replaced by ``***`` and URL passwords masked."""
-    if isinstance(value, Mapping):
-        return {k: _masked(v, secret or _is_secret_key(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_masked(item, secret) for item in value]
-    if secret and value is not None:
-        return _MASK
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(rf"\g<1>{_MASK}@", value)
-    return value
+    return yaml.safe_dump(masked(data), sort_keys=False, allow_unicode=True)

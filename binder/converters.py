@@ -9,10 +9,10 @@ A :class:`Converter` turns a value into bytes and back for one MIME type;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from binder.errors import ConfigError, ConversionError
@@ -54,24 +54,27 @@ def _json_default(value: Any) -> Any:
 
 
 class JsonConverter:
-    """``application/json``: compact UTF-8 JSON; pydantic models via their JSON dump."""
+    """``application/json``: compact UTF-8 JSON (orjson); pydantic models via their JSON dump."""
 
     content_type = JSON
-    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
-    _decoder = json.JSONDecoder()
 
     def encode(self, value: Any) -> bytes:
         if isinstance(value, BaseModel):
             return value.model_dump_json().encode()
         try:
-            return self._encoder.encode(value).encode()
-        except (TypeError, ValueError) as exc:
-            raise ConversionError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+            return orjson.dumps(value, default=_json_default)
+        except TypeError:
+            try:  # dict keys that are not strings: slower path, as the stdlib would do
+                return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+            except TypeError as exc:
+                raise ConversionError(
+                    f"cannot encode {type(value).__name__} as JSON: {exc}"
+                ) from exc
 
     def decode(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
             raise ConversionError(f"payload is not valid JSON: {exc}") from exc
 
 
@@ -98,9 +101,7 @@ class BytesConverter:
     def encode(self, value: Any) -> bytes:
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
-        raise ConversionError(
-            f"application/octet-stream needs bytes, got {type(value).__name__}"
-        )
+        raise ConversionError(f"application/octet-stream needs bytes, got {type(value).__name__}")
 
     def decode(self, data: bytes) -> Any:
         return data
@@ -181,6 +182,8 @@ def _exact(kind: type) -> Callable[[Any], Any]:
     def adapt(value: Any) -> Any:
         if type(value) is kind:
             return value
+        if isinstance(value, BaseModel):  # a composed stage's model meets a plain type
+            value = value.model_dump()
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
@@ -195,6 +198,8 @@ def _guard(validate: Callable[[Any], Any], annotation: Any) -> Callable[[Any], A
     def adapt(value: Any) -> Any:
         if isinstance(annotation, type) and isinstance(value, annotation):
             return value
+        if isinstance(value, BaseModel):  # another model: validate from its fields
+            value = value.model_dump()
         try:
             return validate(value)
         except ValidationError as exc:

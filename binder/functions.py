@@ -34,6 +34,8 @@ class Param:
     target: Target
     batch: bool = False
     """The annotation is ``list[...]``: in batch mode each element is adapted alone."""
+    whole: Target | None = None
+    """For ``list[X]`` of payloads: the whole list's target, used outside batch mode."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class FunctionDef:
     interval: float | None = None
 
     @classmethod
-    def inspect(cls, fn: Callable[..., Any], kind: Kind, name: str | None, **kw: Any) -> FunctionDef:
+    def inspect(
+        cls, fn: Callable[..., Any], kind: Kind, name: str | None, **kw: Any
+    ) -> FunctionDef:
         """Build the definition of ``fn``; a function that takes no input must be a supplier."""
         name = name or fn.__name__
         param = None if kind == "supplier" else _input_param(fn, name)
@@ -84,7 +88,8 @@ def param_for(annotation: Any) -> Param:
     if origin is list:
         (element,) = typing.get_args(annotation) or (None,)
         inner = param_for(element)
-        return Param(wants_message=inner.wants_message, target=inner.target, batch=True)
+        whole = None if inner.wants_message else Target(annotation)
+        return Param(inner.wants_message, inner.target, batch=True, whole=whole)
     return Param(wants_message=False, target=Target(annotation))
 
 
@@ -99,7 +104,10 @@ class Pipeline:
     def __post_init__(self) -> None:
         first, last = self.stages[0], self.stages[-1]
         self.kind = (
-            "supplier" if first.kind == "supplier" else "consumer" if last.kind == "consumer"
+            "supplier"
+            if first.kind == "supplier"
+            else "consumer"
+            if last.kind == "consumer"
             else "function"
         )
         if first.kind == "supplier" and last.kind == "consumer":

@@ -53,7 +53,7 @@ class Invoker:
         param = self._first.param
         assert param is not None
         self._wants_message = param.wants_message
-        self._target = param.target
+        self._target = param.target if batch or param.whole is None else param.whole
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -86,6 +86,7 @@ class Invoker:
         for stage in self._rest:
             if result is None:
                 return []
+            key, headers = _carried(result, key, headers)
             result = _call(stage, _next_argument(stage, result, key, headers))
         return self._outputs(result, key, headers)
 
@@ -96,6 +97,7 @@ class Invoker:
         for stage in self._rest:
             if result is None:
                 return []
+            key, headers = _carried(result, key, headers)
             result = await _acall(stage, _next_argument(stage, result, key, headers))
         return self._outputs(result, key, headers)
 
@@ -110,7 +112,9 @@ class Invoker:
         return self._batch_outputs(result, records)
 
     @staticmethod
-    def single_output(value: Any, key: Any = None, headers: dict[str, str] | None = None) -> list[Output]:
+    def single_output(
+        value: Any, key: Any = None, headers: dict[str, str] | None = None
+    ) -> list[Output]:
         """What one returned value sends (``None``: nothing; a Message: its key and headers)."""
         if value is None:
             return []
@@ -126,6 +130,7 @@ class Invoker:
         for stage in tail.stages:
             if result is None:
                 return []
+            key, headers = _carried(result, key, headers)
             result = await _acall(stage, _next_argument(stage, result, key, headers))
         if not tail.has_output:
             return []
@@ -165,15 +170,19 @@ def _received(payload: Any, record: InboundRecord, attempt: int) -> Message[Any]
     return message
 
 
+def _carried(result: Any, key: Any, headers: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """The key and headers a stage's result passes on: a returned Message's own, else as before."""
+    if isinstance(result, Message):
+        return result.key, result.headers
+    return key, headers
+
+
 def _next_argument(stage: FunctionDef, result: Any, key: Any, headers: dict[str, str]) -> Any:
     """Feed one stage's result to the next, converting to the type it declares."""
     param = stage.param
     assert param is not None
-    if isinstance(result, Message):
-        payload = param.target.adapt(result.payload)
-        key, headers = result.key, result.headers
-    else:
-        payload = param.target.adapt(result)
+    target = param.whole or param.target  # a later stage is never called in batch mode
+    payload = target.adapt(result.payload if isinstance(result, Message) else result)
     if param.wants_message:
         return Message(payload, key=key, headers=headers)
     return payload

@@ -71,7 +71,9 @@ class OutputBinding:
         if producer is not None:
             await producer.close()
 
-    def record(self, payload: Any, key: Any = None, headers: dict[str, str] | None = None) -> OutboundRecord:
+    def record(
+        self, payload: Any, key: Any = None, headers: dict[str, str] | None = None
+    ) -> OutboundRecord:
         """Encode one message. Raises ConversionError for an unencodable payload or bad key."""
         headers = dict(headers) if headers else {}
         content_type = headers.setdefault(CONTENT_TYPE, self.content_type)
@@ -93,7 +95,9 @@ class OutputBinding:
             return next(self._spread) % self.partition_count
         return select_partition(raw, self.partition_count)
 
-    async def send(self, payload: Any, key: Any = None, headers: dict[str, Any] | None = None) -> None:
+    async def send(
+        self, payload: Any, key: Any = None, headers: dict[str, Any] | None = None
+    ) -> None:
         """Encode and send one message; returns once the backend accepted it."""
         record = self.record(payload, key, normalize_headers(headers) if headers else None)
         await self.send_records((record,))

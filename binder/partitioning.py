@@ -141,13 +141,19 @@ def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float
 
 
+def _lookup(mapping: Mapping[Any, Any], key: Any, where: str) -> Any:
+    try:
+        return mapping[key]
+    except KeyError:
+        raise _Missing(f"`{where}` has no key {key!r}") from None
+    except TypeError:  # an unhashable key
+        raise _Failure(f"`{where}` cannot have a {type(key).__name__} key") from None
+
+
 def _read_attribute(obj: Any, name: str, where: str) -> Any:
     """``obj.name``: the item of a Mapping, else a public, non-callable attribute."""
     if type(obj) is dict or isinstance(obj, Mapping):
-        try:
-            return obj[name]
-        except KeyError:
-            raise _Missing(f"`{where}` has no key {name!r}") from None
+        return _lookup(obj, name, where)
     if obj is None:
         raise _Missing(f"`{where}` is None, so it has no {name!r}")
     try:
@@ -162,12 +168,7 @@ def _read_attribute(obj: Any, name: str, where: str) -> Any:
 def _read_item(obj: Any, index: Any, where: str) -> Any:
     """``obj[index]``: a Mapping by key, a sequence by int index."""
     if type(obj) is dict or isinstance(obj, Mapping):
-        try:
-            return obj[index]
-        except KeyError:
-            raise _Missing(f"`{where}` has no key {index!r}") from None
-        except TypeError:
-            raise _Failure(f"`{where}` cannot have a {type(index).__name__} key") from None
+        return _lookup(obj, index, where)
     if isinstance(obj, Sequence):
         if type(index) is not int:
             raise _Failure(f"`{where}` is a sequence: its index must be an int, not {index!r}")
@@ -333,10 +334,10 @@ class _Compiler:
 
     def negative(self, node: ast.UnaryOp, depth: int) -> _Eval:
         operand = node.operand
-        is_number = isinstance(operand, ast.Constant) and _is_number(operand.value)
-        if not (isinstance(node.op, ast.USub) and is_number):
-            self.refuse(node, "the only unary operator is '-' before a number")
-        return _constant(-operand.value)  # type: ignore[attr-defined]
+        if isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant):
+            if _is_number(operand.value):
+                return _constant(-operand.value)
+        self.refuse(node, "the only unary operator is '-' before a number")
 
     def attribute(self, node: ast.Attribute, depth: int) -> _Eval:
         target, name = self.node(node.value, depth), self.public(node, node.attr)
@@ -347,11 +348,8 @@ class _Compiler:
         index = node.slice
         if isinstance(index, ast.Constant) and isinstance(index.value, str):
             self.public(index, index.value)
-        target, key, where = (
-            self.node(node.value, depth),
-            self.node(index, depth),
-            self.segment(node.value),
-        )
+        target, key = self.node(node.value, depth), self.node(index, depth)
+        where = self.segment(node.value)
         return lambda scope: _read_item(target(scope), key(scope), where)
 
     def binop(self, node: ast.BinOp, depth: int) -> _Eval:

@@ -1,7 +1,7 @@
 """Retry with exponential backoff, and the headers a dead letter carries.
 
 The policy is per input binding, from its ``consumer`` options: up to
-``max-attempts`` attempts in all, waiting ``back-off-initial-interval`` ×
+``max-attempts`` attempts in all, waiting ``back-off-initial-interval`` *
 ``back-off-multiplier`` ^ (attempt - 1), capped at ``back-off-max-interval``,
 between them. Retries happen in place, so a failing message holds back the
 messages behind it in its key lane: order is kept, at the price of latency.

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 __all__ = [
     "PROJECT",
-    "BinderType",
     "Binder",
+    "BinderType",
     "Capabilities",
     "Consumer",
     "ConsumerSpec",

@@ -62,8 +62,13 @@ class Recorder:
             payload = self._converters.get(content_type).decode(record.value)
         except ConversionError:
             payload = record.value
-        message: Message[Any] = Message(payload, key=decode_key(record.key), headers=record.headers,
-                                        destination=destination, partition=record.partition)
+        message: Message[Any] = Message(
+            payload,
+            key=decode_key(record.key),
+            headers=record.headers,
+            destination=destination,
+            partition=record.partition,
+        )
         return message
 
     def take(self, destination: str, timeout: float) -> Message[Any] | None:
@@ -122,8 +127,11 @@ class TestHarness:
             self._brokers.append(broker)
             return kinds["log"].create(name, LogOptions(broker=broker))
         if self.binder_type not in kinds:
-            raise ConfigError(f"unknown binder type (known: {', '.join(sorted(kinds))})",
-                              path=TEST_BINDER_ENV, value=self.binder_type)
+            raise ConfigError(
+                f"unknown binder type (known: {', '.join(sorted(kinds))})",
+                path=TEST_BINDER_ENV,
+                value=self.binder_type,
+            )
         kind = kinds[self.binder_type]
         options = entry.options if entry.type == self.binder_type else self._options_for(kind)
         return kind.create(name, options)
@@ -169,8 +177,9 @@ class TestHarness:
     def __enter__(self) -> TestClient:
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="binder-test",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="binder-test", daemon=True
+        )
         self._thread.start()
         ready.wait()
         try:
@@ -225,8 +234,9 @@ class TestClient(_Client):
 
     __test__ = False
 
-    def send(self, name: str, payload: Any, *, key: Any = None,
-             headers: Mapping[str, Any] | None = None) -> None:
+    def send(
+        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> None:
         """Send to a binding's destination (or a destination); returns once accepted."""
         self.harness._call(self.app.send(name, payload, key=key, headers=headers))
 
@@ -240,8 +250,9 @@ class AsyncTestClient(_Client):
 
     __test__ = False
 
-    async def send(self, name: str, payload: Any, *, key: Any = None,
-                   headers: Mapping[str, Any] | None = None) -> None:
+    async def send(
+        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> None:
         await self.app.send(name, payload, key=key, headers=headers)
 
     async def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:

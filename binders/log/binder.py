@@ -43,7 +43,8 @@ class LogBinder:
         if self._broker is None or self._broker.closed:
             limit = self.options.max_records_per_partition
             self._broker = Broker.named(
-                self.options.broker, lambda: Broker(self.options.broker, open_log=memory_logs(limit))
+                self.options.broker,
+                lambda: Broker(self.options.broker, open_log=memory_logs(limit)),
             )
         return self._broker
 
@@ -51,7 +52,10 @@ class LogBinder:
         if self.options.path is not None:
             raise ConfigError(
                 "durable storage (path) is not available in this release; remove path to run "
-                "in memory", path=f"binder.binders.{self.name}.path", value=self.options.path)
+                "in memory",
+                path=f"binder.binders.{self.name}.path",
+                value=self.options.path,
+            )
         _ = self.broker
 
     async def provision(
@@ -70,8 +74,14 @@ class LogBinder:
         broker = self.broker
         broker.create_topic(spec.destination, self.options.default_partition_count)
         static = (spec.instance_index, spec.instance_count) if spec.instance_count > 1 else None
-        member = broker.join(spec.destination, spec.group, start=spec.start, static=static,
-                             on_revoke=listener.on_revoked, on_assign=listener.on_assigned)
+        member = broker.join(
+            spec.destination,
+            spec.group,
+            start=spec.start,
+            static=static,
+            on_revoke=listener.on_revoked,
+            on_assign=listener.on_assigned,
+        )
         return LogConsumer(member, spec)
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:

@@ -41,7 +41,8 @@ class LogProducer:
             partition = record.partition
             if partition is None:
                 partition = (
-                    next(self._spread) % count if record.key is None
+                    next(self._spread) % count
+                    if record.key is None
                     else select_partition(record.key, count)
                 )
             entries = by_partition.get(partition)

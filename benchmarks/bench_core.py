@@ -8,18 +8,25 @@ user would write without the framework. Ratios are binder / hand-written.
 from __future__ import annotations
 
 import asyncio
-import orjson
 import statistics
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from binder import App, Message
 from binders.log.engine import Broker
 
-PAYLOAD = {"id": 0, "customer_id": "c-0042", "sku": "SKU-123456", "qty": 3, "price": 19.99,
-           "note": "leave at the back door"}
+PAYLOAD = {
+    "id": 0,
+    "customer_id": "c-0042",
+    "sku": "SKU-123456",
+    "qty": 3,
+    "price": 19.99,
+    "note": "leave at the back door",
+}
 
 
 def _payload(i: int) -> bytes:
@@ -30,8 +37,10 @@ def _preload(broker: Broker, topic: str, n: int) -> None:
     broker.create_topic(topic, 1)
     now = time.time()
     for start in range(0, n, 1000):
-        entries = [(None, _payload(i), {"contentType": "application/json"}, now)
-                   for i in range(start, min(n, start + 1000))]
+        entries = [
+            (None, _payload(i), {"contentType": "application/json"}, now)
+            for i in range(start, min(n, start + 1000))
+        ]
         broker.append(topic, 0, entries)
 
 
@@ -59,8 +68,7 @@ async def hand_written(n: int) -> float:
         now = time.time()
         for _, record in batch:
             result = transform(orjson.loads(record.value))
-            out.append((None, orjson.dumps(result),
-                        {"contentType": "application/json"}, now))
+            out.append((None, orjson.dumps(result), {"contentType": "application/json"}, now))
         broker.append("out", 0, out)
         member.commit(0, batch[-1][1].offset + 1)
         done += len(batch)
@@ -70,14 +78,22 @@ async def hand_written(n: int) -> float:
 
 
 def _app(broker: str, batch: bool, fn: Callable[..., Any]) -> App:
-    app = App(config={"binder": {
-        "binders": {"local": {"type": "log", "broker": broker}},
-        "bindings": {
-            "transform-in-0": {"destination": "in", "group": "g",
-                               "consumer": {"batch-mode": batch, "batch-size": 500}},
-            "transform-out-0": {"destination": "out"},
+    app = App(
+        config={
+            "binder": {
+                "binders": {"local": {"type": "log", "broker": broker}},
+                "bindings": {
+                    "transform-in-0": {
+                        "destination": "in",
+                        "group": "g",
+                        "consumer": {"batch-mode": batch, "batch-size": 500},
+                    },
+                    "transform-out-0": {"destination": "out"},
+                },
+            }
         },
-    }}, environ={})
+        environ={},
+    )
     app.function(fn, name="transform")
     return app
 
@@ -87,9 +103,11 @@ async def through_binder(n: int, *, batch: bool = False, use_async: bool = False
     broker = Broker.named(name)
     _preload(broker, "in", n)
     if batch:
+
         def fn(orders: list[dict]) -> list[dict]:
             return [transform(o) for o in orders]
     elif use_async:
+
         async def fn(order: dict) -> dict:
             return transform(order)
     else:
@@ -108,15 +126,20 @@ async def latency(count: int = 5000, rate: float = 2000.0) -> tuple[float, float
     name = f"bench-{uuid.uuid4().hex}"
     seen: list[float] = []
     done = asyncio.Event()
-    app = App(config={"binder": {
-        "binders": {"local": {"type": "log", "broker": name}},
-        "function-definition": "transform;sink",
-        "bindings": {
-            "transform-in-0": {"destination": "in", "group": "g"},
-            "transform-out-0": {"destination": "out"},
-            "sink-in-0": {"destination": "out", "group": "s"},
+    app = App(
+        config={
+            "binder": {
+                "binders": {"local": {"type": "log", "broker": name}},
+                "function-definition": "transform;sink",
+                "bindings": {
+                    "transform-in-0": {"destination": "in", "group": "g"},
+                    "transform-out-0": {"destination": "out"},
+                    "sink-in-0": {"destination": "out", "group": "s"},
+                },
+            }
         },
-    }}, environ={})
+        environ={},
+    )
     app.function(transform, name="transform")
 
     @app.consumer
@@ -138,15 +161,21 @@ async def latency(count: int = 5000, rate: float = 2000.0) -> tuple[float, float
 def main(n: int) -> None:
     anchor = asyncio.run(hand_written(n))
     rows = [("hand-written loop on the engine (anchor)", anchor)]
-    for label, kwargs in [("@app.function, sync, single-message", {}),
-                          ("@app.function, async, single-message", {"use_async": True}),
-                          ("@app.function, sync, batch-mode", {"batch": True})]:
+    for label, kwargs in [
+        ("@app.function, sync, single-message", {}),
+        ("@app.function, async, single-message", {"use_async": True}),
+        ("@app.function, sync, batch-mode", {"batch": True}),
+    ]:
         rows.append((label, asyncio.run(through_binder(n, **kwargs))))
-    print(f"\nEnd-to-end through @app.function, in-memory log, {n:,} messages of "
-          f"{len(_payload(0))} bytes")
+    print(
+        f"\nEnd-to-end through @app.function, in-memory log, {n:,} messages of "
+        f"{len(_payload(0))} bytes"
+    )
     print(f"{'case':48} {'msg/s':>12} {'vs anchor':>10}")
     for label, rate in rows:
         print(f"{label:48} {rate:12,.0f} {rate / anchor:10.2f}")
     p50, p99 = asyncio.run(latency())
-    print(f"\nLatency app.send → function → consumer, 5,000 msgs at 2,000/s: "
-          f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    print(
+        f"\nLatency app.send → function → consumer, 5,000 msgs at 2,000/s: "
+        f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+    )

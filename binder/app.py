@@ -49,6 +49,7 @@ class App:
     def __init__(
         self, config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
     ) -> None:
+        self._environ = environ
         self.config: BinderSection = load_config(config, environ, plugins.option_models())
         self.functions = FunctionRegistry()
         self.converters = ConverterRegistry(plugins.converters())
@@ -63,6 +64,12 @@ class App:
         self._bindings: dict[str, InputBinding | SupplierBinding] = {}
         self._pipelines: list[Pipeline] = []
         self._started = False
+
+    def reconfigure(self, config: Mapping[str, Any] | None) -> None:
+        """Replace the configuration (same form as the constructor's) before the app starts."""
+        if self._started:
+            raise BinderError("cannot reconfigure a running app; stop it first")
+        self.config = load_config(config, self._environ, plugins.option_models())
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, environ: Mapping[str, str] | None = None) -> App:

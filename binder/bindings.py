@@ -179,8 +179,8 @@ class InputBinding(_Lifecycle):
                     self._fetching = False
                 if not records:
                     return
-                self._tracker.track(records)
                 if self._lanes:
+                    self._tracker.track(records)
                     await self._dispatch(records)
                 else:
                     await self._process(records)
@@ -215,6 +215,10 @@ class InputBinding(_Lifecycle):
                     queue.task_done()
 
     async def _complete(self, records: Sequence[InboundRecord]) -> None:
+        if not self._lanes:  # one lane: records finish in fetch order
+            if records and self._consumer is not None:
+                await self._consumer.commit(records)
+            return
         released = self._tracker.complete(records)
         if released and self._consumer is not None:
             await self._consumer.commit(released)
@@ -248,10 +252,13 @@ class InputBinding(_Lifecycle):
     def _attempt_sync(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, encode, outgoing = self.invoker.run, self._encode, []
+        run, outgoing = self.invoker.run, []
+        make = self.output.record if self.output is not None else None
         for done, record in enumerate(records):
             try:
-                outgoing.extend(encode(run(record, 1)))
+                outputs = run(record, 1)
+                if outputs and make is not None:
+                    outgoing.extend([make(*output) for output in outputs])
             except Exception as exc:
                 return done, outgoing, exc
         return len(records), outgoing, None

@@ -9,10 +9,10 @@ headers explicitly. In batch mode a returned list sends one message per item.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from binder.converters import JSON, ConverterRegistry, mime_base
+from binder.converters import JSON, ConverterRegistry, _identity, mime_base
 from binder.errors import ConversionError, HandlerError
 from binder.functions import FunctionDef, Pipeline
 from binder.message import CONTENT_TYPE, DELIVERY_ATTEMPT, Message, decode_key
@@ -23,6 +23,7 @@ __all__ = ["Invoker", "Output", "propagated_headers"]
 Output = tuple[Any, Any, dict[str, str]]
 """(payload, key, headers) of one message to send."""
 
+_MAX_DECODERS = 16
 _CORE_PREFIXES = ("x-exception-", "x-original-")
 _CORE_NAMES = frozenset({CONTENT_TYPE, DELIVERY_ATTEMPT})
 
@@ -54,17 +55,37 @@ class Invoker:
         assert param is not None
         self._wants_message = param.wants_message
         self._target = param.target if batch or param.whole is None else param.whole
+        self._decoders: dict[str | None, Callable[[bytes], Any]] = {}
+        self._simple = not self._wants_message and not self._rest
+        self._has_output = pipeline.has_output
 
     # -- decoding ---------------------------------------------------------------------------
 
     def payload(self, record: InboundRecord) -> Any:
         """The record's payload, decoded by its content type and adapted to the parameter type."""
         content_type = record.headers.get(CONTENT_TYPE)
-        content_type = self._content_type if content_type is None else mime_base(content_type)
+        decode = self._decoders.get(content_type)
+        if decode is None:
+            decode = self._decoder(content_type)
+        return decode(record.value)
+
+    def _decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
+        """bytes → adapted payload for one content type; a few are kept (bounded)."""
+        base = self._content_type if content_type is None else mime_base(content_type)
         target = self._target
-        if content_type == JSON and target.from_json is not None:
-            return target.from_json(record.value)
-        return target.adapt(self._converters.get(content_type).decode(record.value))
+        if target.type is bytes:  # a bytes parameter takes the payload as it came
+            decode = _identity
+        elif base == JSON and target.from_json is not None:
+            decode = target.from_json
+        else:
+            converter = self._converters.get(base)
+            if target.adapt is _identity:
+                decode = converter.decode
+            else:
+                decode = _compose(converter.decode, target.adapt)
+        if len(self._decoders) < _MAX_DECODERS:
+            self._decoders[content_type] = decode
+        return decode
 
     def argument(self, record: InboundRecord, attempt: int) -> Any:
         """What the first stage is called with for ``record``."""
@@ -81,6 +102,13 @@ class Invoker:
 
     def run(self, record: InboundRecord, attempt: int) -> list[Output]:
         """Process one record with a fully synchronous pipeline."""
+        if self._simple:  # the hot path: one stage taking the payload
+            result = _call(self._first, self.payload(record))
+            if result is None or not self._has_output:
+                return []
+            if isinstance(result, Message):
+                return [(result.payload, result.key, result.headers)]
+            return [(result, record.key, propagated_headers(record.headers))]
         result = _call(self._first, self.argument(record, attempt))
         key, headers = decode_key(record.key), record.headers
         for stage in self._rest:
@@ -156,6 +184,10 @@ class Invoker:
             elif item is not None:
                 outputs.append((item, None, {}))
         return outputs
+
+
+def _compose(decode: Callable[[bytes], Any], adapt: Callable[[Any], Any]) -> Callable[[bytes], Any]:
+    return lambda data: adapt(decode(data))
 
 
 def _received(payload: Any, record: InboundRecord, attempt: int) -> Message[Any]:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from binder.converters import ConverterRegistry
-from binder.message import CONTENT_TYPE, key_bytes, normalize_headers
-from binder.partitioning import KeyExpression, select_partition
+from binder.message import CONTENT_TYPE, decode_key, key_bytes, normalize_headers
+from binder.partitioning import KeyExpression, partition_key, select_partition
 from binder.spi import Binder, OutboundRecord, Producer, ProducerSpec
 
 __all__ = ["Observer", "OutputBinding"]
@@ -52,6 +52,8 @@ class OutputBinding:
         self._observers = observers if observers is not None else []
         self._spread = itertools.count()
         self._producer: Producer | None = None
+        self._encode = converters.get(content_type).encode
+        self._partitioned = partition_count > 1 or key_expression is not None
 
     @property
     def started(self) -> bool:
@@ -75,14 +77,19 @@ class OutputBinding:
         self, payload: Any, key: Any = None, headers: dict[str, str] | None = None
     ) -> OutboundRecord:
         """Encode one message. Raises ConversionError for an unencodable payload or bad key."""
-        headers = dict(headers) if headers else {}
-        content_type = headers.setdefault(CONTENT_TYPE, self.content_type)
-        value = self._converters.encode(payload, content_type)
-        raw_key = key_bytes(key)
+        if headers and CONTENT_TYPE in headers:
+            headers = dict(headers)
+            value = self._converters.encode(payload, headers[CONTENT_TYPE])
+        else:
+            headers = {**headers, CONTENT_TYPE: self.content_type} if headers else {
+                CONTENT_TYPE: self.content_type
+            }
+            value = payload if type(payload) is bytes else self._encode(payload)
+        raw_key = key if type(key) is bytes else key_bytes(key)
         partition = None
-        if self.partition_count > 1 or self.key_expression is not None:
+        if self._partitioned:
             partition = self._partition(payload, headers, key, raw_key)
-        return OutboundRecord(value=value, key=raw_key, headers=headers, partition=partition)
+        return OutboundRecord(value, raw_key, headers, partition)
 
     def records(self, outputs: Iterable[tuple[Any, Any, dict[str, str]]]) -> list[OutboundRecord]:
         """Encode a function's outputs."""
@@ -90,7 +97,8 @@ class OutputBinding:
 
     def _partition(self, payload: Any, headers: dict[str, str], key: Any, raw: bytes | None) -> int:
         if self.key_expression is not None:
-            raw = key_bytes(self.key_expression.evaluate(payload, headers, key))
+            key = decode_key(key) if type(key) is bytes else key
+            raw = partition_key(self.key_expression, payload, headers, key)
         if raw is None:
             return next(self._spread) % self.partition_count
         return select_partition(raw, self.partition_count)

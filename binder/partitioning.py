@@ -126,15 +126,15 @@ def _need(value: Any, where: str) -> Any:
 
 
 def _need_str(value: Any, where: str) -> str:
-    if not isinstance(_need(value, where), str):
-        raise _Failure(f"`{where}` is {type(value).__name__}, not str")
-    return value
+    if isinstance(_need(value, where), str):
+        return str(value)
+    raise _Failure(f"`{where}` is {type(value).__name__}, not str")
 
 
 def _need_int(value: Any, where: str) -> int:
-    if type(_need(value, where)) is not int:
-        raise _Failure(f"`{where}` is {type(value).__name__}, not int")
-    return value
+    if isinstance(_need(value, where), int) and not isinstance(value, bool):
+        return int(value)
+    raise _Failure(f"`{where}` is {type(value).__name__}, not int")
 
 
 def _is_number(value: Any) -> bool:
@@ -184,7 +184,7 @@ def _read_item(obj: Any, index: Any, where: str) -> Any:
 def _text(value: Any, where: str) -> str:
     """The text a key would become: str as is, bytes as UTF-8, else its JSON text."""
     if isinstance(_need(value, where), str):
-        return value
+        return str(value)
     try:
         return (key_bytes(value) or b"").decode()
     except (TypeError, ValueError) as exc:
@@ -333,10 +333,9 @@ class _Compiler:
         return _constant(node.value)
 
     def negative(self, node: ast.UnaryOp, depth: int) -> _Eval:
-        operand = node.operand
-        if isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant):
-            if _is_number(operand.value):
-                return _constant(-operand.value)
+        value = node.operand.value if isinstance(node.operand, ast.Constant) else None
+        if isinstance(node.op, ast.USub) and isinstance(value, int | float) and _is_number(value):
+            return _constant(-value)
         self.refuse(node, "the only unary operator is '-' before a number")
 
     def attribute(self, node: ast.Attribute, depth: int) -> _Eval:

@@ -405,6 +405,8 @@ class Member:
         With nothing to read, or while paused, waits for an append to a held
         partition, a rebalance, :meth:`resume` or :meth:`close`. Returns ``[]``
         once closed. Cancellation is safe: nothing is read by a cancelled poll.
+        An exception from a callback propagates (revoked partitions are
+        released all the same).
         """
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")

@@ -53,7 +53,7 @@ def test_json_encode_of_unserialisable_value_is_conversion_error() -> None:
         JsonConverter().encode(object())
 
 
-def test_json_encode_of_nan_with_circular_reference_is_conversion_error() -> None:
+def test_json_encode_of_circular_reference_is_conversion_error() -> None:
     cyclic: list[Any] = []
     cyclic.append(cyclic)
     with pytest.raises(ConversionError):

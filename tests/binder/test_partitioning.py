@@ -376,23 +376,20 @@ HOSTILE = [
     ("self", "self"),
     ("builtins", "builtins"),
     ("await payload", "await"),
-    ("payload.customer_id.lower", None),  # allowed at compile: a callable only fails at run time
 ]
 
 
-@pytest.mark.parametrize(("text", "offending"), [h for h in HOSTILE if h[1] is not None])
+@pytest.mark.parametrize(("text", "offending"), HOSTILE)
 def test_hostile_expressions_fail_at_compile_time(text: str, offending: str) -> None:
     with pytest.raises(ExpressionError) as caught:
         compile_expression(text)
-    assert repr(text) in str(caught.value) or text in str(caught.value)
+    assert repr(text) in str(caught.value)
     assert offending in str(caught.value)
 
 
 def test_a_bound_method_is_not_a_key() -> None:
-    with pytest.raises(ConversionError, match="callable"):
-        evaluate(
-            "payload.customer_id.lower", payload=ORDER.customer.model_dump() | {"customer_id": "x"}
-        )
+    with pytest.raises(ConversionError, match="callable, not a value"):
+        evaluate("payload.customer_id.lower")
 
 
 @pytest.mark.parametrize(
@@ -548,12 +545,11 @@ def test_walking_through_none_names_the_step() -> None:
 
 
 def test_runtime_errors_are_never_bare_lookups() -> None:
-    for text in ("payload.x", "payload[0]", "payload.items[9]", "headers.x"):
+    for text in ("payload.x", "payload[0]", "payload.items[9]", "headers.x", "key.x"):
         with pytest.raises(ConversionError) as caught:
             evaluate(text)
-        assert caught.value.__cause__ is None or not isinstance(
-            caught.value.__cause__, KeyError | AttributeError | IndexError
-        )
+        assert type(caught.value) is ConversionError
+        assert caught.value.__cause__ is None
 
 
 # ------------------------------------------------------------------- partition_key

@@ -140,7 +140,7 @@ class Inbox(Generic[T]):
                 self._waiters.append(waiter)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                shown = reprlib.Repr(maxlist=20, maxstring=80, maxother=120).repr(self.items)
+                shown = _SHORT.repr(self.items)
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {shown}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, remaining)
@@ -153,6 +153,15 @@ class Inbox(Generic[T]):
     async def wait_for(self, item: T, timeout: float = TIMEOUT) -> list[T]:
         """The items once ``item`` is among them."""
         return await self.wait_until(lambda items: item in items, f"{item!r}", timeout)
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlist, short.maxstring, short.maxother = 20, 80, 120
+    return short
+
+
+_SHORT = _short_repr()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -1,0 +1,181 @@
+"""Lifecycle: redelivery after a consumer dies, pause/resume, batches, stopping without loss."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from binder.bindings import BindingState
+from binder.spi import OutboundRecord
+from binder.testing.conformance.groups import consumer_app, duplicates, payloads_of, send_all
+from binder.testing.conformance.support import (
+    TIMEOUT,
+    Conformance,
+    Inbox,
+    fetch_records,
+    require,
+    run,
+)
+
+__all__ = [
+    "test_batch_mode_function_gets_a_list",
+    "test_graceful_shutdown_loses_nothing",
+    "test_graceful_shutdown_loses_nothing_under_concurrency",
+    "test_pause_holds_messages_until_resume",
+    "test_stop_and_start_one_binding_at_run_time",
+    "test_unacknowledged_message_is_redelivered_after_its_consumer_dies",
+]
+
+
+def test_unacknowledged_message_is_redelivered_after_its_consumer_dies(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    require(conformance.capabilities, "consumer_groups", "redelivery_on_failure")
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        await conformance.provision(dest, 1)
+        async with conformance.binder() as binder:
+            dying = await conformance.consumer(binder, dest, group)
+            await conformance.send_raw(binder, dest, [OutboundRecord(b"one", b"k")])
+            taken = await asyncio.wait_for(dying.fetch(), TIMEOUT)
+            await dying.close()  # dies without committing
+            heir = await conformance.consumer(binder, dest, group)
+            again = await fetch_records(heir, 1)  # fetched and committed
+            await heir.close()
+            successor = await conformance.consumer(binder, dest, group)
+            await conformance.send_raw(binder, dest, [OutboundRecord(b"two", b"k")])
+            after_commit = await fetch_records(successor, 1)
+            await successor.close()
+        return ([r.value for r in taken], [r.value for r in again],
+                [r.value for r in after_commit])
+
+    taken, again, after_commit = run(scenario())
+    assert taken == [b"one"]
+    assert again == [b"one"], "a record fetched but not committed goes to the next member"
+    assert after_commit == [b"two"], "a committed record is not delivered again"
+
+
+def test_pause_holds_messages_until_resume(conformance: Conformance, dest: str, group: str) -> None:
+    require(conformance.capabilities, "consumer_groups")
+    held = [{"n": 1}, {"n": 2}, {"n": "end"}]
+
+    async def scenario() -> tuple[list[Any], list[Any], list[BindingState]]:
+        await conformance.provision(dest, 1)
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        subject = consumer_app(conformance, dest, group, inbox, "subject")
+        witness = consumer_app(conformance, dest, f"{group}-witness", inbox, "witness")
+        async with subject, witness:
+            await send_all(conformance, dest, [{"n": 0}])
+            await inbox.wait_until(lambda items: len(items) == 2, "both groups get n=0")
+            binding = subject.binding("subject-in-0")
+            states = [binding.state]
+            binding.pause()
+            states.append(binding.state)
+            await send_all(conformance, dest, held)
+            await inbox.wait_for(("witness", held[-1]))  # the paused group could have had them
+            while_paused = payloads_of(inbox.items, "subject")
+            binding.resume()
+            states.append(binding.state)
+            await inbox.wait_for(("subject", held[-1]))
+        return while_paused, payloads_of(inbox.items, "subject"), states
+
+    while_paused, after_resume, states = run(scenario())
+    assert states == [BindingState.RUNNING, BindingState.PAUSED, BindingState.RUNNING]
+    assert while_paused == [{"n": 0}], "nothing is handled while paused"
+    assert after_resume == [{"n": 0}, *held], "what was held arrives after resume, in order"
+
+
+def test_batch_mode_function_gets_a_list(conformance: Conformance, dest: str, group: str) -> None:
+    require(conformance.capabilities, "consumer_groups")
+    payloads = [{"n": n} for n in range(20)]
+
+    async def scenario() -> list[Any]:
+        sender = conformance.app(
+            {"sender": {"destination": dest, "producer": {"required-groups": [group]}}})
+        async with sender:  # sent before the consumer starts, so one fetch finds several
+            for payload in payloads:
+                await sender.send("sender", payload)
+        app = conformance.app(
+            {"bulk-in-0": {"destination": dest, "group": group, "consumer": {"batch-mode": True}}})
+        calls: Inbox[Any] = Inbox()
+
+        @app.consumer
+        async def bulk(batch: list[dict[str, Any]]) -> None:
+            calls.add(batch)
+
+        async with app:
+            return await calls.wait_until(
+                lambda items: sum(len(batch) for batch in items) >= len(payloads),
+                f"{len(payloads)} messages in batches")
+
+    calls = run(scenario())
+    assert all(type(batch) is list for batch in calls), [type(b) for b in calls]
+    assert [item for batch in calls for item in batch] == payloads
+    assert max(len(batch) for batch in calls) > 1, "waiting messages come as one batch"
+
+
+async def _stop_mid_stream(conformance: Conformance, dest: str, group: str, total: int,
+                           concurrency: int) -> tuple[list[Any], list[Any]]:
+    await conformance.provision(dest, 1)
+    payloads = [{"n": n} for n in range(total)]
+    options = {"concurrency": concurrency}
+    first: Inbox[tuple[str, Any]] = Inbox()
+    app = consumer_app(conformance, dest, group, first, consumer=options, delay=0.002)
+    async with app:
+        await asyncio.gather(*(app.send(dest, payload, key=f"k{payload['n'] % 8}")
+                               for payload in payloads))
+        await first.wait_count(total // 10, f"{total // 10} handled before stopping")
+    stopped_at = payloads_of(first.items)
+    second: Inbox[tuple[str, Any]] = Inbox()
+    async with consumer_app(conformance, dest, group, second, consumer=options):
+        end = {"n": "end"}
+        await send_all(conformance, dest, [end])
+        await second.wait_for(("sink", end))
+    return stopped_at, payloads_of(second.items)[:-1]
+
+
+def _check_nothing_lost(total: int, before: list[Any], after: list[Any]) -> None:
+    union = [*before, *after]
+    assert not duplicates(union), "a graceful stop commits what it finished"
+    assert sorted(item["n"] for item in union) == list(range(total)), "nothing is lost"
+
+
+def test_graceful_shutdown_loses_nothing(conformance: Conformance, dest: str, group: str) -> None:
+    require(conformance.capabilities, "consumer_groups")
+    before, after = run(_stop_mid_stream(conformance, dest, group, 300, 1))
+    _check_nothing_lost(300, before, after)
+
+
+def test_graceful_shutdown_loses_nothing_under_concurrency(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    require(conformance.capabilities, "consumer_groups")
+    before, after = run(_stop_mid_stream(conformance, dest, group, 300, 4))
+    _check_nothing_lost(300, before, after)
+
+
+def test_stop_and_start_one_binding_at_run_time(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    require(conformance.capabilities, "consumer_groups")
+
+    async def scenario() -> tuple[list[Any], list[BindingState]]:
+        await conformance.provision(dest, 1)
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        app = consumer_app(conformance, dest, group, inbox)
+        async with app:
+            binding = app.binding("sink-in-0")
+            await send_all(conformance, dest, [{"n": 0}])
+            await inbox.wait_for(("sink", {"n": 0}))
+            await binding.stop()
+            states = [binding.state]
+            await send_all(conformance, dest, [{"n": 1}, {"n": 2}])
+            await binding.start()
+            states.append(binding.state)
+            await inbox.wait_for(("sink", {"n": 2}))
+            states.append(app.states()["sink-in-0"])
+        return payloads_of(inbox.items), states
+
+    received, states = run(scenario())
+    assert states == [BindingState.STOPPED, BindingState.RUNNING, BindingState.RUNNING]
+    assert received == [{"n": 0}, {"n": 1}, {"n": 2}], "a restarted binding resumes at its commit"

@@ -1,0 +1,1 @@
+"""Runnable example applications, each with its own application.yml."""

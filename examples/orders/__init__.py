@@ -1,0 +1,1 @@
+"""Orders: validate → enrich → partition by customer → billing; bad orders dead-lettered."""

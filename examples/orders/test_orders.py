@@ -1,0 +1,60 @@
+"""The orders pipeline under ``app.test()``: every binder swapped for an in-memory log."""
+
+from __future__ import annotations
+
+import time
+
+from binder.partitioning import select_partition
+from examples.orders.app import app, ledger
+
+GOOD = {"id": 1, "customer_id": "c-0001", "items": [{"sku": "A", "qty": 2, "price": 5.0}]}
+
+
+def test_a_good_order_is_enriched_partitioned_and_billed() -> None:
+    with app.test() as t:
+        t.send("orders", GOOD)
+        enriched = t.receive("validateenrich-out-0", timeout=5)
+        assert enriched is not None
+        assert enriched.payload["total"] == 10.0
+        assert enriched.payload["region"] == "EU"
+        assert enriched.partition == select_partition(b"c-0001", 4)
+
+
+def test_a_bad_order_is_dead_lettered_without_retries() -> None:
+    with app.test() as t:
+        t.send("orders", {**GOOD, "id": 2, "items": []})
+        letter = t.receive("orders.pipeline.dlq", timeout=5)
+        assert letter is not None
+        assert letter.payload["id"] == 2
+        assert letter.headers["x-exception-type"].endswith("InvalidOrder")
+        assert letter.headers["x-delivery-attempt"] == "1"
+        assert letter.headers["x-original-destination"] == "orders"
+        assert letter.headers["x-original-group"] == "pipeline"
+
+
+def test_an_undecodable_order_is_dead_lettered_and_does_not_block() -> None:
+    with app.test() as t:
+        t.send("orders", b"{not json")
+        t.send("orders", {**GOOD, "id": 3})
+        letter = t.receive("orders.pipeline.dlq", timeout=5)
+        assert letter is not None
+        assert letter.headers["x-exception-type"] == "binder.errors.ConversionError"
+        assert t.receive("validateenrich-out-0", timeout=5).payload["id"] == 3
+
+
+def test_billing_keeps_each_customers_order() -> None:
+    ids = range(1000, 1200)
+    with app.test() as t:
+        for i in ids:
+            t.send("orders", {**GOOD, "id": i, "customer_id": f"c-{i % 7:04d}"})
+        deadline = time.monotonic() + 10
+        while _billed(ids) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert _billed(ids) == len(ids)
+    for invoices in ledger.invoices.values():
+        mine = [i for i in invoices if i in ids]
+        assert mine == sorted(mine)
+
+
+def _billed(ids: range) -> int:
+    return sum(1 for invoices in ledger.invoices.values() for i in invoices if i in ids)

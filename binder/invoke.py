@@ -132,11 +132,19 @@ class Invoker:
     def run_batch(self, records: Sequence[InboundRecord], attempt: int) -> list[Output]:
         """Batch mode, synchronous function: one call with the whole list."""
         result = _call(self._first, self.batch_argument(records, attempt))
+        for stage in self._rest:
+            if result is None:
+                return []
+            result = _call(stage, _batch_next(stage, result))
         return self._batch_outputs(result, records)
 
     async def run_batch_async(self, records: Sequence[InboundRecord], attempt: int) -> list[Output]:
         """Batch mode, async function."""
         result = await _acall(self._first, self.batch_argument(records, attempt))
+        for stage in self._rest:
+            if result is None:
+                return []
+            result = await _acall(stage, _batch_next(stage, result))
         return self._batch_outputs(result, records)
 
     @staticmethod
@@ -218,6 +226,19 @@ def _next_argument(stage: FunctionDef, result: Any, key: Any, headers: dict[str,
     if param.wants_message:
         return Message(payload, key=key, headers=headers)
     return payload
+
+
+def _batch_next(stage: FunctionDef, result: Any) -> Any:
+    """In batch mode a composition passes lists along: adapt each element (or the whole)."""
+    param = stage.param
+    assert param is not None
+    if not (param.batch and isinstance(result, list)):
+        return _next_argument(stage, result, None, {})
+    if param.wants_message:
+        return [item if isinstance(item, Message) else Message(item) for item in result]
+    return [
+        param.target.adapt(item.payload if isinstance(item, Message) else item) for item in result
+    ]
 
 
 def _call(stage: FunctionDef, argument: Any) -> Any:

@@ -84,6 +84,12 @@ def test_app_from_environment_only() -> None:
     _check_uppercase(app)
 
 
+def test_app_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BINDER_BINDINGS__UPPERCASE_IN_0__DESTINATION", "orders")
+    monkeypatch.setenv("BINDER_BINDINGS__UPPERCASE_OUT_0__DESTINATION", "shipments")
+    _check_uppercase(_uppercase_app(App()))
+
+
 def test_environment_overrides_the_document() -> None:
     environ = {"BINDER_BINDINGS__UPPERCASE_OUT_0__DESTINATION": "elsewhere"}
     app = _uppercase_app(App(config=ORDERS_DOC, environ=environ))

@@ -413,3 +413,17 @@ def test_feed_into_consumer_tail_sends_nothing() -> None:
     tail = Pipeline("c", [_stage(seen.append, "consumer", "c")])
     assert asyncio.run(Invoker.feed(tail, {"x": 1})) == []
     assert seen == [{"x": 1}]
+
+
+def test_batch_composition_calls_every_stage() -> None:
+    later: list[Any] = []
+
+    def first(items: list[dict]) -> list[dict]:
+        return items
+
+    def second(items: Any) -> Any:
+        later.append(items)
+        return items
+
+    _invoker(first, second, batch=True).run_batch([_record()], 1)
+    assert later != []

@@ -153,11 +153,13 @@ class Target:
     through a pydantic ``TypeAdapter``. Failures are :class:`ConversionError`.
     """
 
-    __slots__ = ("adapt", "from_json", "type")
+    __slots__ = ("adapt", "exact", "from_json", "type")
 
     def __init__(self, annotation: Any) -> None:
         self.type = annotation
         self.from_json: Callable[[bytes], Any] | None = None
+        self.exact: type | None = None
+        """A builtin type whose instances pass unchanged (a cheap check on the hot path)."""
         self.adapt: Callable[[Any], Any] = self._build(annotation)
 
     def _build(self, annotation: Any) -> Callable[[Any], Any]:
@@ -167,6 +169,7 @@ class Target:
             self.from_json = _guard(annotation.model_validate_json, annotation)
             return _guard(annotation.model_validate, annotation)
         if annotation in (bytes, str, dict, list, int, float, bool):
+            self.exact = annotation
             return _exact(annotation)
         adapter = TypeAdapter(annotation)
         return _guard(adapter.validate_python, annotation)

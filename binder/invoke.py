@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from binder.converters import JSON, ConverterRegistry, _identity, mime_base
+from binder.converters import JSON, ConverterRegistry, Target, _identity, mime_base
 from binder.errors import ConversionError, HandlerError
 from binder.functions import FunctionDef, Pipeline
 from binder.message import CONTENT_TYPE, DELIVERY_ATTEMPT, Message, decode_key
@@ -30,7 +30,7 @@ _CORE_NAMES = frozenset({CONTENT_TYPE, DELIVERY_ATTEMPT})
 
 def propagated_headers(headers: dict[str, str]) -> dict[str, str]:
     """The input headers an output keeps: all but the core's own."""
-    if not headers:
+    if not headers or (len(headers) == 1 and CONTENT_TYPE in headers):
         return {}
     return {
         name: value
@@ -58,6 +58,7 @@ class Invoker:
         self._decoders: dict[str | None, Callable[[bytes], Any]] = {}
         self._simple = not self._wants_message and not self._rest
         self._has_output = pipeline.has_output
+        self._fn = self._first.fn
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -79,10 +80,7 @@ class Invoker:
             decode = target.from_json
         else:
             converter = self._converters.get(base)
-            if target.adapt is _identity:
-                decode = converter.decode
-            else:
-                decode = _compose(converter.decode, target.adapt)
+            decode = _compose(converter.decode, target)
         if len(self._decoders) < _MAX_DECODERS:
             self._decoders[content_type] = decode
         return decode
@@ -103,12 +101,21 @@ class Invoker:
     def run(self, record: InboundRecord, attempt: int) -> list[Output]:
         """Process one record with a fully synchronous pipeline."""
         if self._simple:  # the hot path: one stage taking the payload
-            result = _call(self._first, self.payload(record))
+            headers = record.headers
+            content_type = headers.get(CONTENT_TYPE)
+            decode = self._decoders.get(content_type) or self._decoder(content_type)
+            payload = decode(record.value)
+            try:
+                result = self._fn(payload)
+            except ConversionError:
+                raise
+            except Exception as exc:
+                raise _handler_error(self._first, exc) from exc
             if result is None or not self._has_output:
                 return []
             if isinstance(result, Message):
                 return [(result.payload, result.key, result.headers)]
-            return [(result, record.key, propagated_headers(record.headers))]
+            return [(result, record.key, propagated_headers(headers))]
         result = _call(self._first, self.argument(record, attempt))
         key, headers = decode_key(record.key), record.headers
         for stage in self._rest:
@@ -194,8 +201,19 @@ class Invoker:
         return outputs
 
 
-def _compose(decode: Callable[[bytes], Any], adapt: Callable[[Any], Any]) -> Callable[[bytes], Any]:
-    return lambda data: adapt(decode(data))
+def _compose(decode: Callable[[bytes], Any], target: Target) -> Callable[[bytes], Any]:
+    """decode, then adapt; an exact builtin type that already matches skips the adapter."""
+    adapt, exact = target.adapt, target.exact
+    if adapt is _identity:
+        return decode
+    if exact is None:
+        return lambda data: adapt(decode(data))
+
+    def decode_exact(data: bytes) -> Any:
+        value = decode(data)
+        return value if type(value) is exact else adapt(value)
+
+    return decode_exact
 
 
 def _received(payload: Any, record: InboundRecord, attempt: int) -> Message[Any]:
@@ -235,7 +253,7 @@ def _batch_next(stage: FunctionDef, result: Any) -> Any:
     if not (param.batch and isinstance(result, list)):
         return _next_argument(stage, result, None, {})
     if param.wants_message:
-        return [item if isinstance(item, Message) else Message(item) for item in result]
+        return [_next_argument(stage, item, *_carried(item, None, {})) for item in result]
     return [
         param.target.adapt(item.payload if isinstance(item, Message) else item) for item in result
     ]
@@ -247,7 +265,11 @@ def _call(stage: FunctionDef, argument: Any) -> Any:
     except ConversionError:
         raise
     except Exception as exc:
-        raise HandlerError(f"{stage.name} raised {type(exc).__name__}: {exc}") from exc
+        raise _handler_error(stage, exc) from exc
+
+
+def _handler_error(stage: FunctionDef, exc: Exception) -> HandlerError:
+    return HandlerError(f"{stage.name} raised {type(exc).__name__}: {exc}")
 
 
 async def _acall(stage: FunctionDef, argument: Any) -> Any:

@@ -415,15 +415,33 @@ def test_feed_into_consumer_tail_sends_nothing() -> None:
     assert seen == [{"x": 1}]
 
 
-def test_batch_composition_calls_every_stage() -> None:
+def test_batch_composition_passes_the_list_along_adapting_each_element() -> None:
     later: list[Any] = []
 
     def first(items: list[dict]) -> list[dict]:
-        return items
+        return [{**item, "status": "FIRST"} for item in items]
 
-    def second(items: Any) -> Any:
-        later.append(items)
-        return items
+    def second(orders: list[Order]) -> list[Order]:
+        later.extend(orders)
+        return orders
 
-    _invoker(first, second, batch=True).run_batch([_record()], 1)
-    assert later != []
+    records = [_record(b'{"id": 1}'), _record(b'{"id": 2}', offset=1)]
+    outputs = _invoker(first, second, batch=True).run_batch(records, 1)
+    assert later == [Order(id=1, status="FIRST"), Order(id=2, status="FIRST")]
+    assert [payload for payload, _, _ in outputs] == later
+
+
+def test_batch_composition_into_message_stage_adapts_payloads() -> None:
+    later: list[Message[Any]] = []
+
+    def first(items: list[dict]) -> list[Any]:
+        return [items[0], Message(items[1], key="k", headers={"h": "1"})]
+
+    async def second(msgs: list[Message[Order]]) -> None:
+        later.extend(msgs)
+
+    records = [_record(b'{"id": 1}'), _record(b'{"id": 2}', offset=1)]
+    invoker = _invoker(first, second, kind="consumer", batch=True)
+    assert asyncio.run(invoker.run_batch_async(records, 1)) == []
+    assert [m.payload for m in later] == [Order(id=1), Order(id=2)]
+    assert (later[1].key, later[1].headers) == ("k", {"h": "1"})

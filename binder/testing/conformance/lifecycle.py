@@ -46,8 +46,7 @@ def test_unacknowledged_message_is_redelivered_after_its_consumer_dies(
             await conformance.send_raw(binder, dest, [OutboundRecord(b"two", b"k")])
             after_commit = await fetch_records(successor, 1)
             await successor.close()
-        return ([r.value for r in taken], [r.value for r in again],
-                [r.value for r in after_commit])
+        return ([r.value for r in taken], [r.value for r in again], [r.value for r in after_commit])
 
     taken, again, after_commit = run(scenario())
     assert taken == [b"one"]
@@ -91,12 +90,14 @@ def test_batch_mode_function_gets_a_list(conformance: Conformance, dest: str, gr
 
     async def scenario() -> list[Any]:
         sender = conformance.app(
-            {"sender": {"destination": dest, "producer": {"required-groups": [group]}}})
+            {"sender": {"destination": dest, "producer": {"required-groups": [group]}}}
+        )
         async with sender:  # sent before the consumer starts, so one fetch finds several
             for payload in payloads:
                 await sender.send("sender", payload)
         app = conformance.app(
-            {"bulk-in-0": {"destination": dest, "group": group, "consumer": {"batch-mode": True}}})
+            {"bulk-in-0": {"destination": dest, "group": group, "consumer": {"batch-mode": True}}}
+        )
         calls: Inbox[Any] = Inbox()
 
         @app.consumer
@@ -106,7 +107,8 @@ def test_batch_mode_function_gets_a_list(conformance: Conformance, dest: str, gr
         async with app:
             return await calls.wait_until(
                 lambda items: sum(len(batch) for batch in items) >= len(payloads),
-                f"{len(payloads)} messages in batches")
+                f"{len(payloads)} messages in batches",
+            )
 
     calls = run(scenario())
     assert all(type(batch) is list for batch in calls), [type(b) for b in calls]
@@ -114,16 +116,18 @@ def test_batch_mode_function_gets_a_list(conformance: Conformance, dest: str, gr
     assert max(len(batch) for batch in calls) > 1, "waiting messages come as one batch"
 
 
-async def _stop_mid_stream(conformance: Conformance, dest: str, group: str, total: int,
-                           concurrency: int) -> tuple[list[Any], list[Any]]:
+async def _stop_mid_stream(
+    conformance: Conformance, dest: str, group: str, total: int, concurrency: int
+) -> tuple[list[Any], list[Any]]:
     await conformance.provision(dest, 1)
     payloads = [{"n": n} for n in range(total)]
     options = {"concurrency": concurrency}
     first: Inbox[tuple[str, Any]] = Inbox()
     app = consumer_app(conformance, dest, group, first, consumer=options, delay=0.002)
     async with app:
-        await asyncio.gather(*(app.send(dest, payload, key=f"k{payload['n'] % 8}")
-                               for payload in payloads))
+        await asyncio.gather(
+            *(app.send(dest, payload, key=f"k{payload['n'] % 8}") for payload in payloads)
+        )
         await first.wait_count(total // 10, f"{total // 10} handled before stopping")
     stopped_at = payloads_of(first.items)
     second: Inbox[tuple[str, Any]] = Inbox()

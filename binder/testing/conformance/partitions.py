@@ -27,15 +27,24 @@ __all__ = [
 PARTITIONS = 4
 
 
-async def _routed(conformance: Conformance, dest: str, group: str, producer: dict[str, Any],
-                  messages: list[tuple[Any, Any]]) -> list[Message[Any]]:
+async def _routed(
+    conformance: Conformance,
+    dest: str,
+    group: str,
+    producer: dict[str, Any],
+    messages: list[tuple[Any, Any]],
+) -> list[Message[Any]]:
     """Send ``(payload, key)`` pairs through a partitioned binding; the messages received."""
     await conformance.provision(dest, PARTITIONS)
-    app = conformance.app({
-        "sender": {"destination": dest,
-                   "producer": {"partition-count": PARTITIONS, **producer}},
-        "sink-in-0": {"destination": dest, "group": group, "consumer": {"partitioned": True}},
-    })
+    app = conformance.app(
+        {
+            "sender": {
+                "destination": dest,
+                "producer": {"partition-count": PARTITIONS, **producer},
+            },
+            "sink-in-0": {"destination": dest, "group": group, "consumer": {"partitioned": True}},
+        }
+    )
     inbox: Inbox[Message[Any]] = Inbox()
 
     @app.consumer
@@ -61,7 +70,8 @@ def test_partition_by_key_expression(conformance: Conformance, dest: str, group:
         assert message.partition == partition_of(customer, PARTITIONS), (
             f"{customer!r} belongs on partition {partition_of(customer, PARTITIONS)} "
             f"(murmur2 of its UTF-8 bytes, as Kafka's Java partitioner), "
-            f"came from {message.partition}")
+            f"came from {message.partition}"
+        )
     assert sorted(seen) == sorted(customers)
     assert len({p for ps in seen.values() for p in ps}) > 1, "12 keys use more than 1 partition"
 
@@ -75,7 +85,8 @@ def test_partition_by_message_key(conformance: Conformance, dest: str, group: st
         assert message.key == message.payload["key"]
         assert message.partition == partition_of(message.key, PARTITIONS), (
             f"key {message.key!r} belongs on partition {partition_of(message.key, PARTITIONS)}, "
-            f"came from {message.partition}")
+            f"came from {message.partition}"
+        )
     assert {m.partition for m in received} == set(range(PARTITIONS))
 
 
@@ -97,10 +108,12 @@ def test_order_per_key_under_concurrency(conformance: Conformance, dest: str, gr
 
     async def scenario() -> list[tuple[str, int]]:
         await conformance.provision(dest, PARTITIONS)
-        app = conformance.app({
-            "sender": {"destination": dest, "producer": {"partition-count": PARTITIONS}},
-            "sink-in-0": {"destination": dest, "group": group, "consumer": {"concurrency": 4}},
-        })
+        app = conformance.app(
+            {
+                "sender": {"destination": dest, "producer": {"partition-count": PARTITIONS}},
+                "sink-in-0": {"destination": dest, "group": group, "consumer": {"concurrency": 4}},
+            }
+        )
         inbox: Inbox[tuple[str, int]] = Inbox()
 
         @app.consumer

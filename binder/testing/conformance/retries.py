@@ -7,6 +7,7 @@ those back past the timeout, so the proof needs no sleep.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -56,9 +57,20 @@ def test_retries_respect_attempts_and_backoff(
 
     async def scenario() -> tuple[list[tuple[str, float]], list[Any]]:
         await conformance.provision(dest, 1)
-        app = conformance.app({"flaky-in-0": _retrying(
-            dest, group, **{"max-attempts": 3, "back-off-initial-interval": initial,
-                            "back-off-multiplier": multiplier, "back-off-max-interval": 1.0})})
+        app = conformance.app(
+            {
+                "flaky-in-0": _retrying(
+                    dest,
+                    group,
+                    **{
+                        "max-attempts": 3,
+                        "back-off-initial-interval": initial,
+                        "back-off-multiplier": multiplier,
+                        "back-off-max-interval": 1.0,
+                    },
+                )
+            }
+        )
         attempts: Inbox[tuple[str, float]] = Inbox()
         done: Inbox[Any] = Inbox()
 
@@ -80,7 +92,7 @@ def test_retries_respect_attempts_and_backoff(
     assert done == [{"n": 1}, {"n": 2}], "retries keep the partition's order"
     first = attempts[:3]
     assert [a for a, _ in first] == ["1", "2", "3"], f"x-delivery-attempt per attempt: {attempts}"
-    gaps = [later - earlier for (_, earlier), (_, later) in zip(first, first[1:], strict=False)]
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(first)]
     for gap, wanted in zip(gaps, [initial, initial * multiplier], strict=True):
         assert wanted * 0.9 <= gap < wanted + 2.0, f"backoff {wanted}s, waited {gaps}"
 
@@ -95,11 +107,14 @@ def test_dead_letter_carries_the_original_and_why_it_failed(
     async def scenario() -> tuple[list[Message[Any]], list[Message[Any]]]:
         await conformance.provision(dest, 1)
         await conformance.provision(dlq, 1)
-        app = conformance.app({
-            "doomed-in-0": _retrying(dest, group, **{"max-attempts": 2,
-                                                     "back-off-initial-interval": 0.01}),
-            "inspect-in-0": {"destination": dlq, "group": f"{group}-inspect"},
-        })
+        app = conformance.app(
+            {
+                "doomed-in-0": _retrying(
+                    dest, group, **{"max-attempts": 2, "back-off-initial-interval": 0.01}
+                ),
+                "inspect-in-0": {"destination": dlq, "group": f"{group}-inspect"},
+            }
+        )
         seen: Inbox[Message[Any]] = Inbox()
         letters: Inbox[Message[Any]] = Inbox()
 
@@ -129,8 +144,14 @@ def test_dead_letter_carries_the_original_and_why_it_failed(
     _check_origin(conformance, letter.headers, dest, group, original.partition, original.offset)
 
 
-def _check_origin(conformance: Conformance, headers: dict[str, str], dest: str, group: str,
-                  partition: int | None, offset: int | None) -> None:
+def _check_origin(
+    conformance: Conformance,
+    headers: dict[str, str],
+    dest: str,
+    group: str,
+    partition: int | None,
+    offset: int | None,
+) -> None:
     assert headers[ORIGINAL_DESTINATION] == dest
     assert headers[ORIGINAL_GROUP] == group
     if conformance.capabilities.native_partitions:
@@ -139,9 +160,15 @@ def _check_origin(conformance: Conformance, headers: dict[str, str], dest: str, 
         assert headers[ORIGINAL_OFFSET] == str(offset)
 
 
-async def _poison_then_good(conformance: Conformance, dest: str, group: str, function: Any,
-                            poison: tuple[Any, dict[str, str]], good: list[Any],
-                            **consumer: Any) -> tuple[list[Any], InboundRecord, InboundRecord]:
+async def _poison_then_good(
+    conformance: Conformance,
+    dest: str,
+    group: str,
+    function: Any,
+    poison: tuple[Any, dict[str, str]],
+    good: list[Any],
+    **consumer: Any,
+) -> tuple[list[Any], InboundRecord, InboundRecord]:
     """Send ``poison`` then ``good`` with one key (one partition, in order) to a consumer
     that never retries in time: the payloads it handled, the raw dead letter, and the
     poison message as it was stored (read by a group provisioned up front)."""
@@ -149,8 +176,12 @@ async def _poison_then_good(conformance: Conformance, dest: str, group: str, fun
     witness = f"{group}-raw"
     await conformance.provision(dest, 1, [witness])
     await conformance.provision(dlq, 1)
-    options = {"max-attempts": 3, "back-off-initial-interval": NEVER,
-               "back-off-max-interval": NEVER, **consumer}
+    options = {
+        "max-attempts": 3,
+        "back-off-initial-interval": NEVER,
+        "back-off-max-interval": NEVER,
+        **consumer,
+    }
     app = conformance.app({"poisoned-in-0": _retrying(dest, group, **options)})
     handled: Inbox[Any] = Inbox()
     app.consumer(function(handled), name="poisoned")
@@ -159,15 +190,23 @@ async def _poison_then_good(conformance: Conformance, dest: str, group: str, fun
         await app.send(dest, payload, key="same-key", headers=headers)
         for item in good:
             await app.send(dest, item, key="same-key")
-        await handled.wait_until(lambda items: good[-1] in items,
-                                 "the messages behind the poison one (retried, or blocked?)")
+        await handled.wait_until(
+            lambda items: good[-1] in items,
+            "the messages behind the poison one (retried, or blocked?)",
+        )
     (letter,) = await conformance.read_raw(dlq, f"{group}-inspect", 1)
     original = (await conformance.read_raw(dest, witness, 1))[0]
     return handled.items, letter, original
 
 
-def _check_letter(conformance: Conformance, letter: InboundRecord, original: InboundRecord,
-                  dest: str, group: str, exception: str) -> None:
+def _check_letter(
+    conformance: Conformance,
+    letter: InboundRecord,
+    original: InboundRecord,
+    dest: str,
+    group: str,
+    exception: str,
+) -> None:
     assert (letter.value, letter.key) == (original.value, original.key)
     assert {name: letter.headers.get(name) for name in original.headers} == original.headers
     assert exception in letter.headers[EXCEPTION_TYPE]
@@ -186,10 +225,14 @@ def test_undecodable_payload_is_dead_lettered_and_does_not_block(
     def function(handled: Inbox[Any]) -> Any:
         async def poisoned(order: dict[str, Any]) -> None:
             handled.add(order)
+
         return poisoned
 
-    handled, letter, original = run(_poison_then_good(
-        conformance, dest, group, function, (raw, {CONTENT_TYPE: "application/json"}), good))
+    handled, letter, original = run(
+        _poison_then_good(
+            conformance, dest, group, function, (raw, {CONTENT_TYPE: "application/json"}), good
+        )
+    )
     assert handled == good, "the undecodable message never reaches the function"
     assert original.value == raw
     _check_letter(conformance, letter, original, dest, group, "Error")
@@ -205,10 +248,12 @@ def test_invalid_model_is_dead_lettered_without_retries(
     def function(handled: Inbox[Any]) -> Any:
         async def poisoned(order: Order) -> None:
             handled.add(order.model_dump())
+
         return poisoned
 
-    handled, letter, original = run(_poison_then_good(
-        conformance, dest, group, function, ({"id": "not a number"}, {}), good))
+    handled, letter, original = run(
+        _poison_then_good(conformance, dest, group, function, ({"id": "not a number"}, {}), good)
+    )
     assert handled == good, "a payload failing validation never reaches the function"
     assert json.loads(original.value) == {"id": "not a number"}
     _check_letter(conformance, letter, original, dest, group, "Error")
@@ -227,11 +272,20 @@ def test_non_retryable_exception_is_dead_lettered_at_once(
                 attempts.add(message.headers[DELIVERY_ATTEMPT])
                 raise ValueError("bad value")
             handled.add(message.payload)
+
         return poisoned
 
-    handled, letter, original = run(_poison_then_good(
-        conformance, dest, group, function, ({"bad": True}, {}), good,
-        **{"retryable-exceptions": {"ValueError": False}}))
+    handled, letter, original = run(
+        _poison_then_good(
+            conformance,
+            dest,
+            group,
+            function,
+            ({"bad": True}, {}),
+            good,
+            **{"retryable-exceptions": {"ValueError": False}},
+        )
+    )
     assert handled == good
     assert attempts.items == ["1"], "ValueError is not retryable: one attempt only"
     assert json.loads(original.value) == {"bad": True}

@@ -147,8 +147,9 @@ class Inbox(Generic[T]):
 
     async def wait_count(self, count: int, what: str = "", timeout: float = TIMEOUT) -> list[T]:
         """The items once there are at least ``count``."""
-        return await self.wait_until(lambda items: len(items) >= count,
-                                     what or f"{count} item(s)", timeout)
+        return await self.wait_until(
+            lambda items: len(items) >= count, what or f"{count} item(s)", timeout
+        )
 
     async def wait_for(self, item: T, timeout: float = TIMEOUT) -> list[T]:
         """The items once ``item`` is among them."""
@@ -208,12 +209,20 @@ class Conformance:
         self._declared.setdefault(destination, set()).update(groups)
         return destination
 
+    def group_or_anonymous(self, group: str) -> str | None:
+        """``group``, or ``None`` (anonymous) on a binder that lacks ``consumer_groups``.
+
+        For scenarios that need one consumer subscribed before they send, either kind.
+        """
+        return group if self.capabilities.consumer_groups else None
+
     def dead_letters(self, destination: str, group: str | None) -> str:
         """``<destination>.<group>.dlq``, declared for clean-up."""
         return self.declare(f"{destination}.{group or 'anonymous'}.dlq")
 
-    async def provision(self, destination: str, partitions: int = 1,
-                        groups: Sequence[str] = ()) -> None:
+    async def provision(
+        self, destination: str, partitions: int = 1, groups: Sequence[str] = ()
+    ) -> None:
         """Create ``destination`` with ``partitions`` before anything uses it."""
         self.declare(destination, *groups)
         async with self.binder() as binder:
@@ -229,8 +238,12 @@ class Conformance:
 
     # -- the user's view --------------------------------------------------------------------
 
-    def app(self, bindings: Mapping[str, Mapping[str, Any]] | None = None, *,
-            definition: str | None = None) -> App:
+    def app(
+        self,
+        bindings: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        definition: str | None = None,
+    ) -> App:
         """An App on the binder under test; register functions on it, then ``async with``."""
         bindings = {name: dict(binding) for name, binding in (bindings or {}).items()}
         for binding in bindings.values():
@@ -260,7 +273,9 @@ class Conformance:
     async def binder(self) -> AsyncIterator[Binder]:
         """A started raw binder of the type under test, closed on exit."""
         options = {k: v for k, v in self.binder_config.items() if k != "type"}
-        binder = self.binder_type.create(BINDER_NAME, self.binder_type.options.model_validate(options))
+        binder = self.binder_type.create(
+            BINDER_NAME, self.binder_type.options.model_validate(options)
+        )
         await binder.start()
         try:
             yield binder
@@ -272,8 +287,9 @@ class Conformance:
         self.declare(destination, *([group] if group else []))
         return await binder.consumer(ConsumerSpec(destination, group), _Listener())
 
-    async def send_raw(self, binder: Binder, destination: str,
-                       records: Iterable[OutboundRecord]) -> None:
+    async def send_raw(
+        self, binder: Binder, destination: str, records: Iterable[OutboundRecord]
+    ) -> None:
         """Send records as they are, through an SPI producer."""
         producer = await binder.producer(ProducerSpec(self.declare(destination)))
         try:
@@ -292,8 +308,9 @@ class Conformance:
                 await consumer.close()
 
 
-async def fetch_records(consumer: Consumer, count: int,
-                        timeout: float = TIMEOUT) -> list[InboundRecord]:
+async def fetch_records(
+    consumer: Consumer, count: int, timeout: float = TIMEOUT
+) -> list[InboundRecord]:
     """Fetch (and commit) until ``count`` records arrived; AssertionError on timeout."""
     records: list[InboundRecord] = []
 
@@ -307,6 +324,7 @@ async def fetch_records(consumer: Consumer, count: int,
     try:
         await asyncio.wait_for(gather(), timeout)
     except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s: {len(records)} of {count} "
-                             f"record(s) fetched") from None
+        raise AssertionError(
+            f"timed out after {timeout}s: {len(records)} of {count} record(s) fetched"
+        ) from None
     return records

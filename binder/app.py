@@ -149,14 +149,15 @@ class App:
             await stop.wait()
             log.info("stopping: draining in-flight messages")
 
-    def test(self) -> TestHarness:
+    def test(self, *, broker: str | None = None) -> TestHarness:
         """A harness that runs this app with every binder swapped for an in-memory log.
 
-        ``BINDER_TEST_BINDER=<type>`` runs it on that binder type instead.
+        The log is private to the harness unless ``broker`` names one that several
+        apps under test share. ``BINDER_TEST_BINDER=<type>`` runs on that binder type.
         """
         from binder.testing.harness import TestHarness
 
-        return TestHarness(self)
+        return TestHarness(self, broker=broker)
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -81,9 +81,11 @@ class OutputBinding:
             headers = dict(headers)
             value = self._converters.encode(payload, headers[CONTENT_TYPE])
         else:
-            headers = {**headers, CONTENT_TYPE: self.content_type} if headers else {
-                CONTENT_TYPE: self.content_type
-            }
+            headers = (
+                {**headers, CONTENT_TYPE: self.content_type}
+                if headers
+                else {CONTENT_TYPE: self.content_type}
+            )
             value = payload if type(payload) is bytes else self._encode(payload)
         raw_key = key if type(key) is bytes else key_bytes(key)
         partition = None

@@ -1,1 +1,1 @@
-"""Built-in binders, one subpackage per backend (each registered through the ``binder`` entry points)."""
+"""Built-in binders: one subpackage per backend, each registered via the ``binder`` entry points."""

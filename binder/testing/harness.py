@@ -5,7 +5,8 @@ background thread; ``t.send``/``t.receive`` block) or ``async with app.test()
 as t:`` (the app runs on the caller's loop; ``await t.send(...)``).
 
 Every binder of the app is swapped for an in-memory ``log`` binder on a
-private broker, unless ``BINDER_TEST_BINDER=<type>`` names a binder type to
+private broker (or on the broker named by ``app.test(broker=...)``, so that
+several apps under test can share groups), unless ``BINDER_TEST_BINDER=<type>`` names a binder type to
 run on instead (its options are taken from the app's binder of that type when
 there is one, else that type's defaults). The harness records every message
 sent to any destination from the moment it starts — dead letters included —
@@ -108,8 +109,11 @@ class TestHarness:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: App, *, binder_type: str | None = None) -> None:
+    def __init__(
+        self, app: App, *, binder_type: str | None = None, broker: str | None = None
+    ) -> None:
         self.app = app
+        self.broker = broker
         self.binder_type = binder_type or os.environ.get(TEST_BINDER_ENV) or None
         self.recorder = Recorder(app.converters)
         self._brokers: list[str] = []
@@ -123,9 +127,14 @@ class TestHarness:
         if self.binder_type is None:
             from binders.log import LogOptions
 
-            broker = f"test-{uuid.uuid4().hex}-{name}"
-            self._brokers.append(broker)
-            return kinds["log"].create(name, LogOptions(broker=broker))
+            broker = self.broker
+            if broker is None:  # private to this harness, forgotten when it closes
+                broker = f"test-{uuid.uuid4().hex}-{name}"
+                self._brokers.append(broker)
+            options = LogOptions(broker=broker)
+            if entry.type == "log":  # keep the app's own log settings (partition counts, ...)
+                options = entry.options.model_copy(update={"broker": broker, "path": None})
+            return kinds["log"].create(name, options)
         if self.binder_type not in kinds:
             raise ConfigError(
                 f"unknown binder type (known: {', '.join(sorted(kinds))})",

@@ -1,9 +1,10 @@
 """pytest plugin (entry point ``pytest11``): fixtures for testing streambinder apps.
 
 - ``binder_test``: ``t = binder_test(app)`` runs ``app`` under ``app.test()`` until the
-  test ends (blocking client; honours ``BINDER_TEST_BINDER``).
-- ``log_broker``: a fresh in-memory broker name, forgotten after the test; put it in a
-  ``type: log`` binder's ``broker`` option to let several apps share it.
+  test ends (blocking client; honours ``BINDER_TEST_BINDER``); keyword arguments go to
+  ``app.test``.
+- ``log_broker``: a fresh in-memory broker name, forgotten after the test:
+  ``binder_test(app, broker=log_broker)`` for several apps sharing groups.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def binder_test() -> Iterator[Callable[[App], TestClient]]:
-    """Open ``app.test()`` for one or more apps; all are closed when the test ends."""
+def binder_test() -> Iterator[Callable[..., TestClient]]:
+    """Open ``app.test(**kwargs)`` for one or more apps; all are closed when the test ends."""
     with contextlib.ExitStack() as stack:
-        yield lambda app: stack.enter_context(app.test())
+        yield lambda app, **kwargs: stack.enter_context(app.test(**kwargs))
 
 
 @pytest.fixture

@@ -25,12 +25,15 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 def test_check_prints_the_effective_config_with_env_and_masked_secrets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _yaml(tmp_path, """
+    path = _yaml(
+        tmp_path,
+        """
         binder:
           bindings:
             orders-in-0: {destination: orders, group: billing}
             alerts: {destination: "amqp://guest:s3cret@localhost/"}
-    """)
+    """,
+    )
     monkeypatch.setenv("BINDER_BINDINGS__ORDERS_IN_0__CONSUMER__MAX_ATTEMPTS", "7")
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
@@ -42,11 +45,14 @@ def test_check_prints_the_effective_config_with_env_and_masked_secrets(
 def test_check_fails_with_the_key_path_and_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _yaml(tmp_path, """
+    path = _yaml(
+        tmp_path,
+        """
         binder:
           bindings:
             orders-in-0: {destination: orders, consumer: {max-atempts: 3}}
-    """)
+    """,
+    )
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
     assert "binder.bindings.orders-in-0.consumer.max-atempts" in err
@@ -59,23 +65,32 @@ def test_check_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_python_dash_m_binder_runs_an_app_until_sigterm(tmp_path: Path) -> None:
-    (tmp_path / "tinyapp.py").write_text(textwrap.dedent("""
+    (tmp_path / "tinyapp.py").write_text(
+        textwrap.dedent("""
         from binder import App
         app = App()
 
         @app.function
         def echo(value):
             return value
-    """), encoding="utf-8")
-    config = _yaml(tmp_path, """
+    """),
+        encoding="utf-8",
+    )
+    config = _yaml(
+        tmp_path,
+        """
         binder:
           bindings:
             echo-in-0: {destination: in, group: g}
-    """)
+    """,
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "binder", "run", "tinyapp:app", "--config", str(config)],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -92,7 +107,11 @@ def test_run_rejects_a_target_that_is_not_an_app(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     result = subprocess.run(
         [sys.executable, "-m", "binder", "run", "notapp:app"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     assert "is not a binder.App" in result.stderr

@@ -268,10 +268,9 @@ def test_two_apps_on_a_log_broker_share_a_group(
     binder_test: Callable[[App], TestClient],
     log_broker: str,
 ) -> None:
-    monkeypatch.setenv("BINDER_TEST_BINDER", "log")  # keep the apps' own (shared) broker
     got: queue.Queue[tuple[str, Any]] = queue.Queue()
-    a = binder_test(_member_app(log_broker, got, "a"))
-    binder_test(_member_app(log_broker, got, "b"))
+    a = binder_test(_member_app(log_broker, got, "a"), broker=log_broker)
+    binder_test(_member_app(log_broker, got, "b"), broker=log_broker)
     deliveries: list[tuple[str, Any]] = []
     members: set[str] = set()
     sent = 0

@@ -55,10 +55,17 @@ def csv_plugin() -> Iterator[None]:
 
 
 def test_a_converter_plugin_adds_a_content_type(csv_plugin: None) -> None:
-    app = App(config={"binder": {"bindings": {
-        "rev-in-0": {"destination": "rows", "content-type": "text/csv"},
-        "rev-out-0": {"destination": "reversed", "content-type": "text/csv"},
-    }}}, environ={})
+    app = App(
+        config={
+            "binder": {
+                "bindings": {
+                    "rev-in-0": {"destination": "rows", "content-type": "text/csv"},
+                    "rev-out-0": {"destination": "reversed", "content-type": "text/csv"},
+                }
+            }
+        },
+        environ={},
+    )
 
     @app.function
     def rev(row: list[str]) -> list[str]:
@@ -75,8 +82,7 @@ def test_a_converter_plugin_adds_a_content_type(csv_plugin: None) -> None:
 def test_an_unknown_content_type_fails_at_start_naming_the_key() -> None:
     from binder.errors import ConfigError
 
-    app = App(config={"binder": {"bindings": {"f-in-0": {"content-type": "text/csv"}}}},
-              environ={})
+    app = App(config={"binder": {"bindings": {"f-in-0": {"content-type": "text/csv"}}}}, environ={})
     app.function(lambda value: value, name="f")
     with pytest.raises(ConfigError, match=r"binder\.bindings\.f-in-0\.content-type"), app.test():
         pass

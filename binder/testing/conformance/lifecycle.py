@@ -23,6 +23,7 @@ __all__ = [
     "test_graceful_shutdown_loses_nothing_under_concurrency",
     "test_pause_holds_messages_until_resume",
     "test_stop_and_start_one_binding_at_run_time",
+    "test_stop_during_retry_backoff_leaves_the_message_for_the_next_start",
     "test_unacknowledged_message_is_redelivered_after_its_consumer_dies",
 ]
 
@@ -183,3 +184,35 @@ def test_stop_and_start_one_binding_at_run_time(
     received, states = run(scenario())
     assert states == [BindingState.STOPPED, BindingState.RUNNING, BindingState.RUNNING]
     assert received == [{"n": 0}, {"n": 1}, {"n": 2}], "a restarted binding resumes at its commit"
+
+
+def test_stop_during_retry_backoff_leaves_the_message_for_the_next_start(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    require(conformance.capabilities, "consumer_groups")
+    never = {"max-attempts": 3, "back-off-initial-interval": TIMEOUT * 10}
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        await conformance.provision(dest, 1)
+        attempts: Inbox[Any] = Inbox()
+        failing = conformance.app(
+            {"flaky-in-0": {"destination": dest, "group": group, "consumer": never}}
+        )
+
+        @failing.consumer
+        def flaky(payload: dict[str, Any]) -> None:  # synchronous: runs in a worker thread
+            attempts.add(payload)
+            raise RuntimeError("not yet")
+
+        async with failing:
+            await send_all(conformance, dest, [{"n": 1}, {"n": 2}])
+            await attempts.wait_for({"n": 1})
+        # stopped while waiting to retry {"n": 1}: neither message was acknowledged
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        async with consumer_app(conformance, dest, group, inbox):
+            received = await inbox.wait_for(("sink", {"n": 2}))
+        return attempts.items, payloads_of(received)
+
+    attempts, received = run(scenario())
+    assert attempts == [{"n": 1}], "stopping cuts the backoff short, without another attempt"
+    assert received == [{"n": 1}, {"n": 2}], "the next member gets both, in order"

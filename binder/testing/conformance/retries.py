@@ -45,7 +45,7 @@ class Order(BaseModel):
     qty: int
 
 
-def _retrying(dest: str, group: str, **consumer: Any) -> dict[str, Any]:
+def _retrying(dest: str, group: str, consumer: dict[str, Any]) -> dict[str, Any]:
     return {"destination": dest, "group": group, "consumer": consumer}
 
 
@@ -62,7 +62,7 @@ def test_retries_respect_attempts_and_backoff(
                 "flaky-in-0": _retrying(
                     dest,
                     group,
-                    **{
+                    {
                         "max-attempts": 3,
                         "back-off-initial-interval": initial,
                         "back-off-multiplier": multiplier,
@@ -110,7 +110,7 @@ def test_dead_letter_carries_the_original_and_why_it_failed(
         app = conformance.app(
             {
                 "doomed-in-0": _retrying(
-                    dest, group, **{"max-attempts": 2, "back-off-initial-interval": 0.01}
+                    dest, group, {"max-attempts": 2, "back-off-initial-interval": 0.01}
                 ),
                 "inspect-in-0": {"destination": dlq, "group": f"{group}-inspect"},
             }
@@ -182,7 +182,7 @@ async def _poison_then_good(
         "back-off-max-interval": NEVER,
         **consumer,
     }
-    app = conformance.app({"poisoned-in-0": _retrying(dest, group, **options)})
+    app = conformance.app({"poisoned-in-0": _retrying(dest, group, options)})
     handled: Inbox[Any] = Inbox()
     app.consumer(function(handled), name="poisoned")
     async with app:
@@ -235,7 +235,7 @@ def test_undecodable_payload_is_dead_lettered_and_does_not_block(
     )
     assert handled == good, "the undecodable message never reaches the function"
     assert original.value == raw
-    _check_letter(conformance, letter, original, dest, group, "Error")
+    _check_letter(conformance, letter, original, dest, group, "ConversionError")
     assert letter.headers[CONTENT_TYPE] == "application/json", "original headers are kept"
 
 
@@ -246,7 +246,7 @@ def test_invalid_model_is_dead_lettered_without_retries(
     good = [{"id": 2, "qty": 1}, {"id": 3, "qty": 5}]
 
     def function(handled: Inbox[Any]) -> Any:
-        async def poisoned(order: Order) -> None:
+        def poisoned(order: Order) -> None:  # synchronous: runs in a worker thread
             handled.add(order.model_dump())
 
         return poisoned
@@ -256,7 +256,7 @@ def test_invalid_model_is_dead_lettered_without_retries(
     )
     assert handled == good, "a payload failing validation never reaches the function"
     assert json.loads(original.value) == {"id": "not a number"}
-    _check_letter(conformance, letter, original, dest, group, "Error")
+    _check_letter(conformance, letter, original, dest, group, "ConversionError")
 
 
 def test_non_retryable_exception_is_dead_lettered_at_once(
@@ -267,7 +267,7 @@ def test_non_retryable_exception_is_dead_lettered_at_once(
     attempts: Inbox[str] = Inbox()
 
     def function(handled: Inbox[Any]) -> Any:
-        async def poisoned(message: Message[dict[str, Any]]) -> None:
+        def poisoned(message: Message[dict[str, Any]]) -> None:  # synchronous
             if message.payload.get("bad"):
                 attempts.add(message.headers[DELIVERY_ATTEMPT])
                 raise ValueError("bad value")

@@ -6,8 +6,8 @@ as t:`` (the app runs on the caller's loop; ``await t.send(...)``).
 
 Every binder of the app is swapped for an in-memory ``log`` binder on a
 private broker (or on the broker named by ``app.test(broker=...)``, so that
-several apps under test can share groups), unless ``BINDER_TEST_BINDER=<type>`` names a binder type to
-run on instead (its options are taken from the app's binder of that type when
+several apps under test can share groups), unless ``BINDER_TEST_BINDER=<type>``
+names a binder type to run on instead (its options are taken from the app's binder of that type when
 there is one, else that type's defaults). The harness records every message
 sent to any destination from the moment it starts — dead letters included —
 so :meth:`receive` also returns what was sent before it was called.

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from binder.app import App
     from binder.testing.harness import TestClient
 
 

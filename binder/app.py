@@ -239,6 +239,7 @@ class App:
         if pipeline.has_output:
             config = self._binding_config(pipeline.output_binding)
             output = await self._output(pipeline.output_binding, config)
+            await output.start()  # provisions the destination and its required groups now
             self._outputs[pipeline.output_binding] = output
         if pipeline.kind == "supplier":
             assert output is not None

@@ -17,6 +17,11 @@ capability the binder lacks is skipped with the reason ``binder lacks
 <capability>``; one that tolerates redelivery compares after de-duplication.
 Each scenario runs on its own fresh destination and group, and every
 destination it declared is deleted with ``Binder.delete`` when it ends.
+``BINDER_CONFORMANCE_TIMEOUT`` (seconds, default 10) bounds each wait.
+
+``required-groups`` is checked with ``consumer_groups`` alone: the producer
+creates the group up front, so even a backend that does not replay to new
+groups keeps what was sent before the group's consumer started.
 
 The scenarios, by theme: :mod:`.delivery`, :mod:`.groups`, :mod:`.partitions`,
 :mod:`.retries`, :mod:`.lifecycle`; their fixtures are in :mod:`.fixtures`.

@@ -132,11 +132,12 @@ async def _stop_mid_stream(
         await first.wait_count(total // 10, f"{total // 10} handled before stopping")
     stopped_at = payloads_of(first.items)
     second: Inbox[tuple[str, Any]] = Inbox()
+    end = {"n": "end"}
     async with consumer_app(conformance, dest, group, second, consumer=options):
-        end = {"n": "end"}
         await send_all(conformance, dest, [end])
         await second.wait_for(("sink", end))
-    return stopped_at, payloads_of(second.items)[:-1]
+    # read once stopped: what was fetched before the sentinel has been handled by then
+    return stopped_at, [payload for payload in payloads_of(second.items) if payload != end]
 
 
 def _check_nothing_lost(total: int, before: list[Any], after: list[Any]) -> None:

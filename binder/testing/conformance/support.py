@@ -45,6 +45,7 @@ __all__ = [
     "Conformance",
     "Inbox",
     "binder_type_of",
+    "fetch_records",
     "keys_for_partitions",
     "partition_of",
     "require",

@@ -289,7 +289,7 @@ class App:
             instance_index=options.instance_index,
             instance_count=options.instance_count,
             start=options.start_offset,
-            max_records=max(options.batch_size, 100),
+            max_records=max(options.batch_size, 500),
         )
         dead_letters = None
         if options.dead_letter:

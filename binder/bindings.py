@@ -122,7 +122,11 @@ class InputBinding(_Lifecycle):
         self.state = BindingState.RUNNING
 
     async def stop(self) -> None:
-        """Finish what was fetched, commit it, and leave. Idempotent, also mid-handler."""
+        """Finish the messages in hand, commit, and leave. Idempotent, also mid-handler.
+
+        Fetched messages not yet started are left uncommitted: the group gets them again
+        (an anonymous consumer, which has no position to come back to, does not).
+        """
         if self.state in (BindingState.STOPPED, BindingState.STOPPING):
             return
         self.state = BindingState.STOPPING
@@ -229,6 +233,8 @@ class InputBinding(_Lifecycle):
         """Run a chunk through the pipeline; failures retry in place, then dead-letter."""
         if self.invoker.batch:
             for start in range(0, len(records), self.batch_size):
+                if self._stop.is_set():
+                    return
                 await self._process_batch(records[start : start + self.batch_size])
             return
         position = 0
@@ -237,9 +243,10 @@ class InputBinding(_Lifecycle):
             await self._send(outgoing)
             await self._complete(records[position : position + done])
             position += done
-            if failure is not None:
-                await self._recover([records[position]], failure)
-                position += 1
+            if failure is None:
+                return  # all done, or stopping: the rest stays uncommitted for redelivery
+            await self._recover([records[position]], failure)
+            position += 1
 
     async def _attempt(
         self, records: Sequence[InboundRecord]
@@ -252,9 +259,11 @@ class InputBinding(_Lifecycle):
     def _attempt_sync(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, outgoing = self.invoker.run, []
+        run, outgoing, stopping = self.invoker.run, [], self._stop.is_set
         make = self.output.record if self.output is not None else None
         for done, record in enumerate(records):
+            if stopping():  # finish the message in hand, start no new one
+                return done, outgoing, None
             try:
                 outputs = run(record, 1)
                 if outputs and make is not None:
@@ -266,8 +275,15 @@ class InputBinding(_Lifecycle):
     async def _attempt_async(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, encode, outgoing = self.invoker.run_async, self._encode, []
+        run, encode, outgoing, stopping = (
+            self.invoker.run_async,
+            self._encode,
+            [],
+            self._stop.is_set,
+        )
         for done, record in enumerate(records):
+            if stopping():
+                return done, outgoing, None
             try:
                 outgoing.extend(encode(await run(record, 1)))
             except Exception as exc:

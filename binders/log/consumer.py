@@ -15,15 +15,10 @@ class LogConsumer:
 
     def __init__(self, member: Member, spec: ConsumerSpec) -> None:
         self._member = member
-        self._topic = spec.destination
         self._max = spec.max_records
 
     async def fetch(self) -> list[InboundRecord]:
-        topic = self._topic
-        return [
-            InboundRecord(topic, partition, r.offset, r.value, r.key, r.headers, r.timestamp)
-            for partition, r in await self._member.poll(self._max)
-        ]
+        return await self._member.poll(self._max)
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
         last: dict[int, int] = {}

@@ -394,8 +394,8 @@ class Member:
         with self._lock:
             return self._held.get(partition)
 
-    async def poll(self, max_records: int) -> list[tuple[int, StoredRecord]]:
-        """Up to ``max_records`` ``(partition, record)`` pairs; waits until there is one.
+    async def poll(self, max_records: int) -> list[StoredRecord]:
+        """Up to ``max_records`` records (each knows its partition); waits until there is one.
 
         First settles a pending rebalance: awaits ``on_revoke(partitions)`` for
         what this member must give up and then releases them, takes newly
@@ -552,11 +552,11 @@ class Member:
         if self._group is not None:
             self._group.nudge_locked(self)
 
-    def _read_locked(self, max_records: int) -> list[tuple[int, StoredRecord]]:
+    def _read_locked(self, max_records: int) -> list[StoredRecord]:
         """Round-robin over held partitions, a fair share each, until full or dry."""
         order, held, logs = self._order, self._held, self._topic._logs
         count = len(order)
-        out: list[tuple[int, StoredRecord]] = []
+        out: list[StoredRecord] = []
         if not count:
             return out
         first = self._cursor % count
@@ -573,7 +573,7 @@ class Member:
                 records = log.read(held[partition], min(share, remaining))
                 if records:
                     held[partition] = records[-1].offset + 1
-                    out.extend([(partition, record) for record in records])
+                    out.extend(records)
                     remaining -= len(records)
                     progressed = True
                     if not remaining:

@@ -15,10 +15,10 @@ partition's log through a :data:`LogFactory` and is handed an ``OffsetStore``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from binder.errors import ClosedError
+from binder.spi import InboundRecord
 
 __all__ = [
     "Entry",
@@ -35,15 +35,9 @@ Entry = tuple[bytes | None, bytes, dict[str, str], float]
 """One record to append: ``(key, value, headers, timestamp)``."""
 
 
-@dataclass(slots=True)
-class StoredRecord:
-    """A record as the log keeps it; ``offset`` is its position in its partition."""
-
-    offset: int
-    timestamp: float
-    key: bytes | None
-    value: bytes
-    headers: dict[str, str]
+StoredRecord = InboundRecord
+"""A record as the log keeps it: the SPI's record, made once on append and handed to
+every reader as is (readers never mutate it), so reading costs no copy."""
 
 
 @runtime_checkable
@@ -84,9 +78,11 @@ LogFactory = Callable[[str, int], PartitionLog]
 class MemoryPartitionLog:
     """A :class:`PartitionLog` in a list; ``max_records`` retains only the newest records."""
 
-    __slots__ = ("_base", "_closed", "_max_records", "_records")
+    __slots__ = ("_base", "_closed", "_max_records", "_partition", "_records", "_topic")
 
-    def __init__(self, max_records: int | None = None) -> None:
+    def __init__(self, max_records: int | None = None, topic: str = "", partition: int = 0) -> None:
+        self._topic = topic
+        self._partition = partition
         if max_records is not None and max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
         self._records: list[StoredRecord] = []
@@ -106,9 +102,10 @@ class MemoryPartitionLog:
         if self._closed:
             raise ClosedError("log: partition log is closed")
         base = self._base + len(self._records)
+        topic, partition = self._topic, self._partition
         self._records.extend(
             [
-                StoredRecord(offset, timestamp, key, value, headers)
+                StoredRecord(topic, partition, offset, value, key, headers, timestamp)
                 for offset, (key, value, headers, timestamp) in enumerate(entries, base)
             ]
         )
@@ -140,7 +137,7 @@ def memory_logs(max_records: int | None = None) -> LogFactory:
     """A factory of :class:`MemoryPartitionLog`, each retaining at most ``max_records``."""
 
     def open_log(topic: str, partition: int) -> PartitionLog:
-        return MemoryPartitionLog(max_records)
+        return MemoryPartitionLog(max_records, topic, partition)
 
     return open_log
 

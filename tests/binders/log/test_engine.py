@@ -20,7 +20,7 @@ from binder.errors import BackendError, ClosedError
 from binders.log.engine import Broker, Member, StoredRecord
 from binders.log.storage import MemoryOffsetStore, MemoryPartitionLog, memory_logs
 
-Batch = list[tuple[int, StoredRecord]]
+Batch = list[StoredRecord]
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -74,9 +74,9 @@ class Reader:
 
     async def take(self, max_records: int = 1000) -> Batch:
         batch = await poll_now(self.member, max_records)
-        for partition, record in batch:
-            self.seen.append((partition, record.offset, record.value))
-            self.done[partition] = record.offset + 1
+        for record in batch:
+            self.seen.append((record.partition, record.offset, record.value))
+            self.done[record.partition] = record.offset + 1
         return batch
 
     async def drain(self) -> None:
@@ -99,7 +99,7 @@ def test_append_returns_the_base_offset_of_each_batch() -> None:
     assert log.append(entries(b"a", b"b")) == 0
     assert log.append([(b"k", b"c", {"h": "v"}, 12.5)]) == 2
     assert (log.start_offset, log.end_offset) == (0, 3)
-    assert log.read(2, 10) == [StoredRecord(2, 12.5, b"k", b"c", {"h": "v"})]
+    assert log.read(2, 10) == [StoredRecord("", 0, 2, b"c", b"k", {"h": "v"}, 12.5)]
     assert [r.offset for r in log.read(1, 10)] == [1, 2]
     assert log.read(3, 10) == []
 
@@ -317,7 +317,7 @@ def test_a_cancelled_poll_leaves_the_member_usable() -> None:
         member = broker.join("t")
         assert await poll_now(member) == []
         broker.append("t", 0, entries(b"a"))
-        assert [r.value for _, r in await poll_now(member)] == [b"a"]
+        assert [r.value for r in await poll_now(member)] == [b"a"]
 
     run(scenario())
 
@@ -349,7 +349,7 @@ def test_poll_wakes_on_an_append_from_another_threads_event_loop() -> None:
         thread.start()
         batch = await asyncio.wait_for(task, 5)
         thread.join()
-        assert [r.value for _, r in batch] == [b"from-thread"]
+        assert [r.value for r in batch] == [b"from-thread"]
 
     run(scenario())
 
@@ -365,7 +365,7 @@ def test_pause_holds_records_back_until_resume() -> None:
         await asyncio.sleep(0)
         assert not task.done()
         member.resume()
-        assert [r.value for _, r in await asyncio.wait_for(task, 5)] == [b"a"]
+        assert [r.value for r in await asyncio.wait_for(task, 5)] == [b"a"]
 
     run(scenario())
 
@@ -493,7 +493,7 @@ def test_a_poll_on_a_background_loop_wakes_on_an_append_from_plain_code() -> Non
     assert waiting.wait(5)
     broker.append("t", 0, entries(b"a"))  # no event loop running in this thread
     thread.join(5)
-    assert [r.value for _, r in result] == [b"a"]
+    assert [r.value for r in result] == [b"a"]
 
 
 def test_members_on_their_own_loops_share_a_stream_exactly_once() -> None:
@@ -505,10 +505,10 @@ def test_members_on_their_own_loops_share_a_stream_exactly_once() -> None:
     async def consume(index: int, member: Member) -> None:
         while batch := await member.poll(50):
             with progress:
-                received[index].extend(record.value for _, record in batch)
+                received[index].extend(record.value for record in batch)
                 progress.notify_all()
-            for partition, record in batch:
-                member.commit(partition, record.offset + 1)
+            for record in batch:
+                member.commit(record.partition, record.offset + 1)
 
     def start(index: int) -> tuple[Member, threading.Thread]:
         member = broker.join("t", "g")

@@ -29,6 +29,7 @@ __all__ = [
 
 JSON = "application/json"
 _SMALL = 512  # pymalloc's largest block
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
 @runtime_checkable
@@ -60,7 +61,7 @@ class JsonConverter:
     content_type = JSON
 
     def encode(self, value: Any) -> bytes:
-        if isinstance(value, BaseModel):
+        if type(value) not in _PLAIN and isinstance(value, BaseModel):
             return value.model_dump_json().encode()
         try:
             data = orjson.dumps(value, default=_json_default)

@@ -113,7 +113,7 @@ class Invoker:
                 raise _handler_error(self._first, exc) from exc
             if result is None or not self._has_output:
                 return []
-            if isinstance(result, Message):
+            if type(result) is not dict and isinstance(result, Message):
                 return [(result.payload, result.key, result.headers)]
             return [(result, record.key, propagated_headers(headers))]
         result = _call(self._first, self.argument(record, attempt))

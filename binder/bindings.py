@@ -31,6 +31,10 @@ __all__ = ["BindingState", "InputBinding", "SupplierBinding"]
 log = logging.getLogger("binder.bindings")
 
 
+def _never() -> bool:
+    return False
+
+
 class _Abandon(Exception):
     """Stopping mid-retry: leave the message uncommitted, to be redelivered."""
 
@@ -124,8 +128,10 @@ class InputBinding(_Lifecycle):
     async def stop(self) -> None:
         """Finish the messages in hand, commit, and leave. Idempotent, also mid-handler.
 
-        Fetched messages not yet started are left uncommitted: the group gets them again
-        (an anonymous consumer, which has no position to come back to, does not).
+        With one lane, fetched messages not yet started are left uncommitted: the group
+        gets them again (an anonymous consumer, with no position to come back to, does
+        not). With several lanes, what was fetched is finished first, so that no finished
+        message sits behind an unfinished one and gets redelivered.
         """
         if self.state in (BindingState.STOPPED, BindingState.STOPPING):
             return
@@ -259,7 +265,7 @@ class InputBinding(_Lifecycle):
     def _attempt_sync(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, outgoing, stopping = self.invoker.run, [], self._stop.is_set
+        run, outgoing, stopping = self.invoker.run, [], self._stopping_check()
         make = self.output.record if self.output is not None else None
         for done, record in enumerate(records):
             if stopping():  # finish the message in hand, start no new one
@@ -275,12 +281,8 @@ class InputBinding(_Lifecycle):
     async def _attempt_async(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, encode, outgoing, stopping = (
-            self.invoker.run_async,
-            self._encode,
-            [],
-            self._stop.is_set,
-        )
+        run, encode, outgoing = self.invoker.run_async, self._encode, []
+        stopping = self._stopping_check()
         for done, record in enumerate(records):
             if stopping():
                 return done, outgoing, None
@@ -289,6 +291,12 @@ class InputBinding(_Lifecycle):
             except Exception as exc:
                 return done, outgoing, exc
         return len(records), outgoing, None
+
+    def _stopping_check(self) -> Callable[[], bool]:
+        """When to stop starting messages: at stop with one lane; with several lanes the
+        fetched messages are drained instead, since leaving a gap in a partition would have
+        its later, finished messages redelivered as duplicates."""
+        return _never if self._lanes else self._stop.is_set
 
     def _encode(self, outputs: list[Any]) -> list[OutboundRecord]:
         if not outputs or self.output is None:

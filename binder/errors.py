@@ -3,12 +3,12 @@
 ::
 
     BinderError                      anything streambinder raises on purpose
-    ├── ConfigError                  bad configuration, raised at start-up
+    ├── ConfigError (ValueError)     bad configuration, raised at start-up
     │   ├── ExpressionError          a partition-key expression the safe evaluator refuses
     │   └── CapabilityError          a binding asks for something its binder cannot do
     ├── BackendError                 the backend failed (connection, refusal, timeout)
     │   └── ClosedError              the binder, producer or consumer is already closed
-    ├── ConversionError              a payload that cannot be decoded or encoded
+    ├── ConversionError (ValueError) a payload that cannot be decoded or encoded
     └── HandlerError                 a user function failed (wraps the original exception)
 
 A :class:`ConfigError` names the key path and the offending value; a
@@ -35,8 +35,8 @@ class BinderError(Exception):
     """Base of every error streambinder raises on purpose."""
 
 
-class ConfigError(BinderError):
-    """Configuration that cannot work; raised before anything starts.
+class ConfigError(BinderError, ValueError):
+    """Configuration that cannot work; raised before anything starts (also a ValueError).
 
     ``path`` is the dotted key path (``binder.bindings.orders-in-0.group``) and
     ``value`` the offending value, both also part of the message.
@@ -65,7 +65,7 @@ class ClosedError(BackendError):
     """An operation on a binder, producer or consumer that is already closed."""
 
 
-class ConversionError(BinderError):
+class ConversionError(BinderError, ValueError):
     """A payload could not be decoded into, or encoded from, the declared type.
 
     Never retried: the same bytes fail the same way every time, so the message

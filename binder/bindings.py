@@ -265,7 +265,8 @@ class InputBinding(_Lifecycle):
     def _attempt_sync(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, outgoing, stopping = self.invoker.run, [], self._stopping_check()
+        run, stopping = self.invoker.run, self._stopping_check()
+        outgoing: list[OutboundRecord] = []
         make = self.output.record if self.output is not None else None
         for done, record in enumerate(records):
             if stopping():  # finish the message in hand, start no new one
@@ -281,7 +282,8 @@ class InputBinding(_Lifecycle):
     async def _attempt_async(
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
-        run, encode, outgoing = self.invoker.run_async, self._encode, []
+        run, encode = self.invoker.run_async, self._encode
+        outgoing: list[OutboundRecord] = []
         stopping = self._stopping_check()
         for done, record in enumerate(records):
             if stopping():

@@ -124,7 +124,8 @@ class ConverterRegistry:
 
     def __init__(self, extra: Iterable[Converter] = ()) -> None:
         self._by_type: dict[str, Converter] = {}
-        for converter in (JsonConverter(), TextConverter(), BytesConverter(), *extra):
+        builtins: list[Converter] = [JsonConverter(), TextConverter(), BytesConverter()]
+        for converter in [*builtins, *extra]:
             self._by_type[mime_base(converter.content_type)] = converter
 
     def get(self, content_type: str) -> Converter:
@@ -186,7 +187,7 @@ def _identity(value: Any) -> Any:
 
 
 def _exact(kind: type) -> Callable[[Any], Any]:
-    adapter = TypeAdapter(kind)
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
 
     def adapt(value: Any) -> Any:
         if type(value) is kind:

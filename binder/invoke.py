@@ -74,6 +74,7 @@ class Invoker:
         """bytes → adapted payload for one content type; a few are kept (bounded)."""
         base = self._content_type if content_type is None else mime_base(content_type)
         target = self._target
+        decode: Callable[[bytes], Any]
         if target.type is bytes:  # a bytes parameter takes the payload as it came
             decode = _identity
         elif base == JSON and target.from_json is not None:

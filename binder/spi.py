@@ -233,10 +233,17 @@ class Binder(Protocol):
 class BinderType(Protocol):
     """A kind of backend, as registered by a plugin (``type: log`` in the YAML)."""
 
-    name: str
-    capabilities: Capabilities
-    options: type[BaseModel]
-    """The model of the binder's own keys under ``binder.binders.<name>``."""
+    @property
+    def name(self) -> str:
+        """The ``type:`` value that selects it."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What every binder of this type can do."""
+
+    @property
+    def options(self) -> type[BaseModel]:
+        """The model of the binder's own keys under ``binder.binders.<name>``."""
 
     def create(self, name: str, options: BaseModel) -> Binder:
         """A new, not yet started binder configured with validated ``options``."""

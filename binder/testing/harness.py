@@ -131,7 +131,7 @@ class TestHarness:
             if broker is None:  # private to this harness, forgotten when it closes
                 broker = f"test-{uuid.uuid4().hex}-{name}"
                 self._brokers.append(broker)
-            options = LogOptions(broker=broker)
+            options = LogOptions.model_validate({"broker": broker})
             if entry.type == "log":  # keep the app's own log settings (partition counts, ...)
                 options = entry.options.model_copy(update={"broker": broker, "path": None})
             return kinds["log"].create(name, options)

@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check binder binders tests examples benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --log
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -2,6 +2,8 @@
 
 ``binder run module:app [--config FILE]``  run an app until SIGINT/SIGTERM
 ``binder check FILE``                      validate a config file, print the effective config
+``binder log inspect|verify PATH``         a durable log directory's topics and groups, or its
+                                           checksums and indexes (exit 1 on damage)
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_tool(args: argparse.Namespace) -> int:
+    # the log binder's own tools, imported only for this command (the core imports no backend)
+    tools = importlib.import_module("binders.log.tools")
+    return int(tools.main(args.action, args.path))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binder", description="streambinder command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="the YAML file")
     check.set_defaults(handler=_check)
+    log_tool = commands.add_parser("log", help="inspect or verify a durable log directory")
+    log_tool.add_argument("action", choices=["inspect", "verify"])
+    log_tool.add_argument("path", help="the log binder's path")
+    log_tool.set_defaults(handler=_log_tool)
     return parser
 
 

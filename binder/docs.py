@@ -29,16 +29,27 @@ def _cell(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _columns(kinds: Mapping[str, BinderType]) -> dict[str, Capabilities]:
+    """One column per binder type, plus one per configuration it declares in ``variants``
+    (an optional ``Mapping[str, Capabilities]`` keyed by the option that makes it)."""
+    columns: dict[str, Capabilities] = {}
+    for name, kind in sorted(kinds.items()):
+        columns[f"`{name}`"] = kind.capabilities
+        for option, capabilities in getattr(kind, "variants", {}).items():
+            columns[f"`{name}` with `{option}`"] = capabilities
+    return columns
+
+
 def capability_table(kinds: Mapping[str, BinderType] | None = None) -> str:
-    """A Markdown table: one row per capability, one column per binder type."""
-    kinds = dict(sorted((kinds or plugins.binder_types()).items()))
+    """A Markdown table: one row per capability, one column per binder type (and variant)."""
+    columns = _columns(kinds or plugins.binder_types())
     names = [f.name for f in dataclasses.fields(Capabilities)]
     lines = [
-        "| capability | " + " | ".join(f"`{name}`" for name in kinds) + " |",
-        "|---|" + "---|" * len(kinds),
+        "| capability | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for name in names:
-        cells = [_cell(getattr(kind.capabilities, name)) for kind in kinds.values()]
+        cells = [_cell(getattr(capabilities, name)) for capabilities in columns.values()]
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

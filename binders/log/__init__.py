@@ -1,5 +1,7 @@
 """The embedded log binder: topics, partitions, offsets and consumer groups in process.
 
+In memory, or durable with a ``path``: segment files with checksummed batches and
+sparse indexes, group commit, crash recovery and retention (:mod:`binders.log.durable`).
 Registered through the ``binder`` entry-point group like any third-party binder.
 """
 

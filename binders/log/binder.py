@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from binder.errors import ConfigError
+from binder.errors import BackendError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
 from binders.log.consumer import LogConsumer
+from binders.log.disk import TopicPolicy
+from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker, memory_logs
-from binders.log.options import LogOptions
+from binders.log.options import LogOptions, TopicOptions
 from binders.log.producer import LogProducer
 
-__all__ = ["CAPABILITIES", "LOG_BINDER_TYPE", "LogBinder"]
+__all__ = [
+    "CAPABILITIES",
+    "DURABLE_CAPABILITIES",
+    "LOG_BINDER_TYPE",
+    "LogBinder",
+    "capabilities_for",
+    "durable_broker_name",
+    "storage_settings",
+]
 
 CAPABILITIES = Capabilities(
     consumer_groups=True,
@@ -26,20 +40,109 @@ CAPABILITIES = Capabilities(
     anonymous_consumers=True,
     offsets=True,
 )
+"""The log in memory (no ``path``)."""
+
+DURABLE_CAPABILITIES = dataclasses.replace(CAPABILITIES, persistence=True)
+"""The log with a ``path``: the same, and messages survive a restart."""
+
+
+def capabilities_for(options: LogOptions) -> Capabilities:
+    """What a ``log`` binder configured with ``options`` can do."""
+    return CAPABILITIES if options.path is None else DURABLE_CAPABILITIES
+
+
+def _policy(options: LogOptions | TopicOptions, default: TopicPolicy) -> TopicPolicy:
+    """The binder's roll and retention settings, or a topic's overrides of ``default``."""
+    names = [f.name for f in dataclasses.fields(TopicPolicy)]
+    if isinstance(options, LogOptions):
+        return TopicPolicy(**{name: getattr(options, name) for name in names})
+    chosen = {name: getattr(options, name) for name in names}
+    return dataclasses.replace(default, **{k: v for k, v in chosen.items() if v is not None})
+
+
+def storage_settings(options: LogOptions) -> StorageSettings:
+    """The durable storage's settings from the binder's options."""
+    policy = _policy(options, TopicPolicy())
+    return StorageSettings(
+        fsync=options.fsync,
+        fsync_interval_ms=options.fsync_interval_ms,
+        policy=policy,
+        topics={name: _policy(topic, policy) for name, topic in options.topics.items()},
+    )
+
+
+def durable_broker_name(path: str | Path) -> str:
+    """The registry name of the durable broker of ``path`` (see :meth:`Broker.named`)."""
+    return f"log:{Path(path).expanduser().resolve()}"
+
+
+class _DurableBrokers:
+    """Durable brokers by resolved path, open while some binder uses them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+
+    def acquire(self, root: Path, settings: StorageSettings, key: str) -> Broker:
+        name = durable_broker_name(root)
+        with self._lock:
+            broker = Broker.named(name, lambda: _open_durable(name, root, settings, key))
+            storage = broker.storage
+            if isinstance(storage, DurableStorage) and storage.settings != settings:
+                raise ConfigError(
+                    "another binder in this process opened the same path with other settings",
+                    path=key,
+                    value=str(root),
+                )
+            self._users[name] = self._users.get(name, 0) + 1
+            return broker
+
+    def release(self, broker: Broker) -> None:
+        with self._lock:
+            left = self._users.get(broker.name, 0) - 1
+            if left > 0:
+                self._users[broker.name] = left
+                return
+            self._users.pop(broker.name, None)
+        Broker.forget(broker.name)
+
+
+def _open_durable(name: str, root: Path, settings: StorageSettings, key: str) -> Broker:
+    try:
+        return Broker(name, storage=DurableStorage(root, settings))
+    except OSError as exc:
+        raise BackendError(f"log: cannot open {root} ({key}): {exc}") from exc
+
+
+_durable = _DurableBrokers()
 
 
 class LogBinder:
-    """Topics and groups in a process-wide :class:`Broker` named by ``options.broker``."""
+    """Topics and groups in a process-wide :class:`Broker`.
+
+    In memory, the broker is the one named by ``options.broker``. With
+    ``options.path`` it is the durable broker of that directory (named after
+    its resolved path), opened by the first binder that starts on it and
+    closed — cleanly, so the next start needs no recovery — by the last one
+    to close.
+    """
 
     capabilities = CAPABILITIES
 
     def __init__(self, name: str, options: LogOptions) -> None:
         self.name = name
         self.options = options
+        if options.path is not None:  # a path adds persistence to what the class declares
+            self.capabilities = dataclasses.replace(type(self).capabilities, persistence=True)
         self._broker: Broker | None = None
+        self._durable = False
 
     @property
     def broker(self) -> Broker:
+        if self.options.path is not None:
+            if self._broker is None:
+                raise BackendError(f"log binder {self.name!r} is not started")
+            return self._broker
         if self._broker is None or self._broker.closed:
             limit = self.options.max_records_per_partition
             self._broker = Broker.named(
@@ -49,14 +152,23 @@ class LogBinder:
         return self._broker
 
     async def start(self) -> None:
-        if self.options.path is not None:
+        options = self.options
+        if options.path is None:
+            _ = self.broker
+            return
+        if self._durable:
+            return
+        key = f"binder.binders.{self.name}"
+        if options.max_records_per_partition is not None:
             raise ConfigError(
-                "durable storage (path) is not available in this release; remove path to run "
-                "in memory",
-                path=f"binder.binders.{self.name}.path",
-                value=self.options.path,
+                "applies in memory only; with path use retention-bytes or retention-ms",
+                path=f"{key}.max-records-per-partition",
+                value=options.max_records_per_partition,
             )
-        _ = self.broker
+        root = Path(options.path).expanduser().resolve()
+        settings = storage_settings(options)
+        self._broker = await asyncio.to_thread(_durable.acquire, root, settings, f"{key}.path")
+        self._durable = True
 
     async def provision(
         self, destination: str, partition_count: int, required_groups: Sequence[str] = ()
@@ -88,7 +200,10 @@ class LogBinder:
         self.broker.delete_topic(destination)
 
     async def close(self) -> None:
-        self._broker = None
+        broker, self._broker = self._broker, None
+        if self._durable and broker is not None:
+            self._durable = False
+            await asyncio.to_thread(_durable.release, broker)
 
 
 @dataclass(frozen=True)
@@ -96,6 +211,10 @@ class _LogBinderType:
     name: str = "log"
     capabilities: Capabilities = CAPABILITIES
     options: type[BaseModel] = LogOptions
+    variants: Mapping[str, Capabilities] = field(
+        default_factory=lambda: {"path": DURABLE_CAPABILITIES}
+    )
+    """Capabilities of other configurations, by the option that makes them (README table)."""
 
     def create(self, name: str, options: BaseModel) -> LogBinder:
         assert isinstance(options, LogOptions)

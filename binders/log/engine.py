@@ -20,25 +20,31 @@ No two members of a group read one partition at once, and the next owner
 starts right after the last commit.
 
 Records live behind the protocols of :mod:`binders.log.storage`; this module
-never touches a list of records itself.
+never touches a list of records itself. A durable storage brings back the
+topics of an earlier run when the broker is made, may ask for a periodic
+:meth:`Broker.maintain` (segment roll and retention by age, on a thread of
+the broker's), and hands producers a future to await after an append
+(:meth:`Broker.append_synced`) so that no fsync ever happens under the broker lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 from binder.errors import BackendError, ClosedError
+from binders.log.member import Member, PartitionsCallback, Start, _Group
 from binders.log.storage import (
     Entry,
     LogFactory,
     MemoryOffsetStore,
     MemoryPartitionLog,
+    MemoryStorage,
     OffsetStore,
     PartitionLog,
+    Storage,
     StoredRecord,
     memory_logs,
 )
@@ -53,13 +59,14 @@ __all__ = [
     "OffsetStore",
     "PartitionLog",
     "Start",
+    "Storage",
     "StoredRecord",
     "Topic",
     "memory_logs",
 ]
 
-Start = Literal["earliest", "latest"]
-PartitionsCallback = Callable[[set[int]], Awaitable[None]]
+log = logging.getLogger("binders.log")
+
 
 _registry_lock = threading.Lock()
 _registry: dict[str, Broker] = {}
@@ -77,15 +84,43 @@ class Broker:
         self,
         name: str = "",
         *,
+        storage: Storage | None = None,
         open_log: LogFactory | None = None,
         offsets: OffsetStore | None = None,
     ) -> None:
+        """A broker on ``storage`` (in memory by default, or made of ``open_log`` and ``offsets``).
+
+        Topics the storage kept from an earlier run exist at once.
+        """
         self.name = name
-        self._open_log = open_log or memory_logs()
-        self._offsets = offsets if offsets is not None else MemoryOffsetStore()
+        self._storage: Storage = (
+            storage if storage is not None else MemoryStorage(open_log, offsets)
+        )
+        self._open_log = self._storage.open_log
+        self._offsets = self._storage.offsets
+        self.syncs = self._storage.syncs
+        """Whether producers await the future of :meth:`append_synced`."""
         self._lock = threading.Lock()
         self._topics: dict[str, Topic] = {}
         self._closed = False
+        self._stopping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+        try:
+            for topic_name, count in self._storage.topics().items():
+                topic = self._topics[topic_name] = Topic(topic_name)
+                topic._logs.extend(self._open_log(topic_name, p) for p in range(count))
+        except BaseException:
+            self.close()  # releases what was opened, the storage included
+            raise
+        interval = self._storage.maintenance_interval
+        if interval is not None:
+            self._housekeeper = threading.Thread(
+                target=self._housekeep,
+                args=(interval,),
+                name="binder-log-housekeeping",
+                daemon=True,
+            )
+            self._housekeeper.start()
 
     @classmethod
     def named(cls, name: str, factory: Callable[[], Broker] | None = None) -> Broker:
@@ -110,6 +145,11 @@ class Broker:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def storage(self) -> Storage:
+        """Where this broker keeps its topics."""
+        return self._storage
 
     def create_topic(self, name: str, partitions: int = 1) -> Topic:
         """The topic ``name`` with at least ``partitions`` partitions. Idempotent.
@@ -139,17 +179,20 @@ class Broker:
             if topic is not None:
                 for member in list(topic._members):
                     member._close_locked()
-                for log in topic._logs:
-                    log.delete()
+                for partition_log in topic._logs:
+                    partition_log.delete()
             for group in self._offsets.groups(name):
                 self._offsets.delete_group(group, name)
+            self._storage.delete_topic(name)
 
     def append(self, topic: str, partition: int, entries: Sequence[Entry]) -> int:
         """Append ``entries`` to one partition as a batch; return the first offset.
 
         Creates a missing topic with one partition; raises
         :class:`~binder.errors.BackendError` for a partition the topic lacks.
-        Wakes the members polling that partition.
+        Wakes the members polling that partition. On a durable storage the
+        batch has reached the OS when this returns; see :meth:`append_synced`
+        to wait for the disk.
         """
         with self._lock:
             self._check_open()
@@ -159,6 +202,41 @@ class Broker:
                 if member._waiter is not None and partition in member._held:
                     member._wake_locked()
             return base
+
+    def append_synced(
+        self, topic: str, partition: int, entries: Sequence[Entry]
+    ) -> tuple[int, asyncio.Future[None] | None]:
+        """:meth:`append`, and a future resolved once the batch is as durable as the storage's
+        fsync policy makes it (``None``: nothing to wait for).
+
+        Call it on the event loop that awaits the future; the wait (and the
+        fsync) happens outside the broker lock (see :meth:`PartitionLog.synced`).
+        """
+        with self._lock:
+            self._check_open()
+            found = self._topic_locked(topic)
+            partition_log = self._log_locked(found, partition)
+            base = partition_log.append(entries)
+            for member in found._members:
+                if member._waiter is not None and partition in member._held:
+                    member._wake_locked()
+            return base, partition_log.synced(base + len(entries))
+
+    def maintain(self) -> None:
+        """Apply the storage's time-based policies now (also done on a timer when it asks)."""
+        with self._lock:
+            if self._closed:
+                return
+            for topic in self._topics.values():
+                for partition_log in topic._logs:
+                    partition_log.maintain()
+
+    def _housekeep(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                self.maintain()
+            except Exception:
+                log.exception("log: housekeeping of broker %r failed", self.name)
 
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[StoredRecord]:
         """Up to ``max_records`` records of a partition from ``offset`` (for inspection)."""
@@ -197,9 +275,10 @@ class Broker:
         with self._lock:
             self._check_open()
             found = self._topic_locked(topic)
-            for p, log in enumerate(found._logs):
+            self._offsets.require(group, topic)
+            for p, partition_log in enumerate(found._logs):
                 if self._offsets.committed(group, topic, p) is None:
-                    self._offsets.commit(group, topic, p, log.start_offset)
+                    self._offsets.commit(group, topic, p, partition_log.start_offset)
 
     def join(
         self,
@@ -239,17 +318,24 @@ class Broker:
             return member
 
     def close(self) -> None:
-        """Close every member (their polls return ``[]``), log and the offset store. Idempotent."""
+        """Close every member (their polls return ``[]``), log, the offsets and the storage.
+
+        Idempotent. A durable storage writes what makes its next start clean.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._stopping.set()
             for topic in self._topics.values():
                 for member in list(topic._members):
                     member._close_locked()
-                for log in topic._logs:
-                    log.close()
+                for partition_log in topic._logs:
+                    partition_log.close()
             self._offsets.close()
+            self._storage.close()
+        if self._housekeeper is not None and self._housekeeper is not threading.current_thread():
+            self._housekeeper.join()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -314,306 +400,3 @@ class Topic:
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partition_count})"
-
-
-class _Group:
-    """The dynamic members of one group on one topic, and which member holds which partition."""
-
-    __slots__ = ("holders", "members", "name")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.members: list[Member] = []
-        self.holders: dict[int, Member] = {}
-
-    def nudge_locked(self, source: Member) -> None:
-        """Make every other member re-check its assignment in its next poll (a new generation)."""
-        for member in self.members:
-            if member is not source:
-                member._stale = True
-                member._wake_locked()
-
-
-_REVOKE, _ASSIGN = "revoke", "assign"
-
-
-class Member:
-    """One consumer instance of a topic, made by :meth:`Broker.join`.
-
-    :meth:`poll` is meant to be called by one task at a time; every other
-    method may be called from anywhere.
-    """
-
-    def __init__(
-        self,
-        broker: Broker,
-        topic: Topic,
-        group: str | None,
-        start: Start | None,
-        static: tuple[int, int] | None,
-        on_revoke: PartitionsCallback | None,
-        on_assign: PartitionsCallback | None,
-    ) -> None:
-        self.topic = topic.name
-        self.group = group
-        self.static = static
-        self._broker = broker
-        self._lock = broker._lock
-        self._topic = topic
-        self._start = start
-        self._on_revoke = on_revoke
-        self._on_assign = on_assign
-        dynamic = group is not None and static is None
-        self._group = topic._group_locked(group) if dynamic else None
-        self._joined_with = topic.partition_count
-        self._held: dict[int, int] = {}
-        self._order: list[int] = []
-        self._cursor = 0
-        self._unannounced: set[int] = set()
-        self._stale = False
-        self._paused = False
-        self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def assignment(self) -> frozenset[int]:
-        """The partitions this member holds now."""
-        with self._lock:
-            return frozenset(self._held)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def position(self, partition: int) -> int | None:
-        """The next offset this member reads from ``partition``; ``None`` if not held."""
-        with self._lock:
-            return self._held.get(partition)
-
-    async def poll(self, max_records: int) -> list[StoredRecord]:
-        """Up to ``max_records`` records (each knows its partition); waits until there is one.
-
-        First settles a pending rebalance: awaits ``on_revoke(partitions)`` for
-        what this member must give up and then releases them, takes newly
-        assigned partitions once free and awaits ``on_assign(partitions)``.
-        Then reads round-robin across held partitions, in offset order within
-        each, advancing this member's positions (not the group's commits).
-        With nothing to read, or while paused, waits for an append to a held
-        partition, a rebalance, :meth:`resume` or :meth:`close`. Returns ``[]``
-        once closed. Cancellation is safe: nothing is read by a cancelled poll.
-        An exception from a callback propagates (revoked partitions are
-        released all the same).
-        """
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, not {max_records}")
-        while True:
-            with self._lock:
-                if self._closed:
-                    return []
-                step = self._step_locked()
-                if step is None:
-                    if not self._paused:
-                        batch = self._read_locked(max_records)
-                        if batch:
-                            return batch
-                    waiter = self._park_locked()
-            if step is None:
-                await self._wait(waiter)
-            elif step[0] is _REVOKE:
-                await self._revoke(step[1])
-            elif self._on_assign is not None:
-                await self._on_assign(step[1])
-
-    def commit(self, partition: int, next_offset: int) -> None:
-        """Record ``next_offset`` as the group's position in ``partition``.
-
-        Only moves forward, and only while this member holds the partition: a
-        late commit never rewinds another member. A no-op for anonymous
-        members and after :meth:`close`.
-        """
-        with self._lock:
-            if self.group is None or partition not in self._held:
-                return
-            offsets = self._broker._offsets
-            current = offsets.committed(self.group, self.topic, partition)
-            if current is None or next_offset > current:
-                offsets.commit(self.group, self.topic, partition, next_offset)
-
-    def pause(self) -> None:
-        """Stop returning records from :meth:`poll`; rebalances are still handled."""
-        self._paused = True
-
-    def resume(self) -> None:
-        """Undo :meth:`pause`, waking a waiting :meth:`poll`."""
-        with self._lock:
-            self._paused = False
-            self._wake_locked()
-
-    async def close(self) -> None:
-        """Leave without committing anything; wake a waiting poll. Idempotent.
-
-        Released partitions go to the group's other members, which resume
-        from the last commit: records fetched but not committed are delivered
-        again.
-        """
-        with self._lock:
-            self._close_locked()
-
-    def __repr__(self) -> str:
-        return f"Member({self.topic!r}, group={self.group!r}, assignment={sorted(self._held)})"
-
-    def _park_locked(self) -> asyncio.Future[None]:
-        if self._waiter is not None:
-            raise RuntimeError("Member.poll is already waiting in another task")
-        self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
-
-    async def _wait(self, waiter: asyncio.Future[None]) -> None:
-        try:
-            await waiter
-        finally:
-            with self._lock:
-                if self._waiter is waiter:
-                    self._waiter = None
-
-    async def _revoke(self, partitions: set[int]) -> None:
-        try:
-            if self._on_revoke is not None:
-                await self._on_revoke(set(partitions))
-        finally:
-            with self._lock:
-                self._release_locked(partitions & self._held.keys())
-                self._stale = True
-
-    def _step_locked(self) -> tuple[str, set[int]] | None:
-        """What poll must do before reading: revoke, announce an assignment, or nothing."""
-        if self._stale:
-            self._stale = False
-            desired = self._desired_locked()
-            revoked = self._held.keys() - desired
-            silent = revoked & self._unannounced  # the core never heard of these
-            self._release_locked(silent)
-            if revoked - silent:
-                return _REVOKE, revoked - silent
-            self._acquire_locked(desired)
-        if self._unannounced:
-            announced, self._unannounced = self._unannounced, set()
-            return _ASSIGN, announced
-        return None
-
-    def _desired_locked(self) -> set[int]:
-        count = self._topic.partition_count
-        if self.static is not None:
-            return set(range(self.static[0], count, self.static[1]))
-        if self._group is None:
-            return set(range(count))
-        members = self._group.members
-        return set(range(members.index(self), count, len(members)))
-
-    def _acquire_locked(self, desired: set[int]) -> None:
-        holders = None if self._group is None else self._group.holders
-        for partition in sorted(desired - self._held.keys()):
-            if holders is not None:
-                if partition in holders:
-                    continue  # its holder releases it in its next poll, then nudges us
-                holders[partition] = self
-            self._held[partition] = self._start_locked(partition)
-            self._unannounced.add(partition)
-        self._order = sorted(self._held)
-
-    def _start_locked(self, partition: int) -> int:
-        log = self._topic._logs[partition]
-        offsets = self._broker._offsets
-        if self.group is not None:
-            committed = offsets.committed(self.group, self.topic, partition)
-            if committed is not None:
-                return committed
-        latest = self._start == "latest" or (self._start is None and self.group is None)
-        # A partition added after this member joined only holds records sent since.
-        new = partition >= self._joined_with
-        position = log.end_offset if latest and not new else log.start_offset
-        if self.group is not None:
-            offsets.commit(self.group, self.topic, partition, position)
-        return position
-
-    def _release_locked(self, partitions: set[int]) -> None:
-        if not partitions:
-            return
-        for partition in partitions:
-            del self._held[partition]
-            self._unannounced.discard(partition)
-            if self._group is not None and self._group.holders.get(partition) is self:
-                del self._group.holders[partition]
-        self._order = sorted(self._held)
-        if self._group is not None:
-            self._group.nudge_locked(self)
-
-    def _read_locked(self, max_records: int) -> list[StoredRecord]:
-        """Round-robin over held partitions, a fair share each, until full or dry."""
-        order, held, logs = self._order, self._held, self._topic._logs
-        count = len(order)
-        out: list[StoredRecord] = []
-        if not count:
-            return out
-        first = self._cursor % count
-        self._cursor = first + 1
-        share = -(-max_records // count)
-        remaining, progressed = max_records, True
-        while remaining and progressed:
-            progressed = False
-            for i in range(count):
-                partition = order[(first + i) % count]
-                log = logs[partition]
-                if log.end_offset <= held[partition]:
-                    continue
-                records = log.read(held[partition], min(share, remaining))
-                if records:
-                    held[partition] = records[-1].offset + 1
-                    out.extend(records)
-                    remaining -= len(records)
-                    progressed = True
-                    if not remaining:
-                        break
-        return out
-
-    def _wake_locked(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            _resolve_soon(waiter)
-
-    def _close_locked(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._release_locked(set(self._held))
-        self._topic._members.remove(self)
-        group = self._group
-        if group is not None:
-            group.members.remove(self)
-            group.nudge_locked(self)
-            if not group.members and self._topic._groups.get(group.name) is group:
-                del self._topic._groups[group.name]
-        self._wake_locked()
-
-
-def _resolve_soon(waiter: asyncio.Future[None]) -> None:
-    """Resolve ``waiter`` on its own loop, from any thread (a closed loop is ignored)."""
-    loop = waiter.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        _resolve(waiter)
-    else:
-        with suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, waiter)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Sequence
@@ -18,12 +19,16 @@ class LogProducer:
     """Appends records to one topic; a send completes when the append did.
 
     A record without a partition goes where Kafka's default partitioner would
-    put it: by murmur2 of its key, or round-robin when it has no key.
+    put it: by murmur2 of its key, or round-robin when it has no key. On a
+    durable log the append has reached the OS when the send completes, and
+    with ``fsync: always`` or ``batch`` also the disk (the producer awaits
+    the log's fsync future, outside the broker lock).
     """
 
     def __init__(self, broker: Broker, topic: str) -> None:
         self._broker = broker
         self._topic = topic
+        self._syncs = broker.syncs
         self._spread = itertools.count()
         self._closed = False
 
@@ -50,8 +55,18 @@ class LogProducer:
                 entries = by_partition[partition] = []
             entries.append((record.key, record.value, record.headers, now))
         append = self._broker.append
+        if not self._syncs:
+            for partition, entries in by_partition.items():
+                append(self._topic, partition, entries)
+            return
+        waits: list[asyncio.Future[None]] = []
+        append_synced = self._broker.append_synced
         for partition, entries in by_partition.items():
-            append(self._topic, partition, entries)
+            future = append_synced(self._topic, partition, entries)[1]
+            if future is not None:
+                waits.append(future)
+        for future in waits:
+            await future
 
     async def close(self) -> None:
         self._closed = True

@@ -1,19 +1,21 @@
-"""What the log engine keeps, behind two small protocols.
+"""What the log engine keeps, behind three small protocols.
 
 A :class:`PartitionLog` holds one partition's records; an :class:`OffsetStore`
-holds every group's committed offsets. The engine (:mod:`binders.log.engine`)
-calls both only while holding its broker lock, so an implementation needs no
-locking of its own; it should not block for long (appends arrive in batches, so
-a durable implementation does its write, and its fsync policy, per batch).
+holds every group's committed offsets; a :class:`Storage` opens the logs,
+owns the offset store and remembers which topics exist. The engine
+(:mod:`binders.log.engine`) calls all of them only while holding its broker
+lock, so an implementation needs no locking of its own; it must not block for
+long there: a durable log writes each batch with one system call and leaves
+the fsync to a thread of its own, handing the producer a future to await
+(:meth:`PartitionLog.synced`).
 
 The in-memory implementations here keep everything in lists and dicts and lose
-it all on close. A durable implementation (segment files per partition, an
-offsets file per group) plugs in through the same protocols: the broker opens a
-partition's log through a :data:`LogFactory` and is handed an ``OffsetStore``.
+it all on close; the durable ones are in :mod:`binders.log.durable`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -25,8 +27,10 @@ __all__ = [
     "LogFactory",
     "MemoryOffsetStore",
     "MemoryPartitionLog",
+    "MemoryStorage",
     "OffsetStore",
     "PartitionLog",
+    "Storage",
     "StoredRecord",
     "memory_logs",
 ]
@@ -63,6 +67,18 @@ class PartitionLog(Protocol):
 
         Never blocks; the returned list is the caller's to keep.
         """
+
+    def synced(self, offset: int) -> asyncio.Future[None] | None:
+        """A future of the running loop resolved once the records before ``offset`` are as
+        durable as the log's fsync policy makes them; ``None`` when there is nothing to wait for.
+
+        Called right after :meth:`append` (still under the broker lock); the
+        caller awaits the future after releasing it. The future fails with
+        :class:`~binder.errors.BackendError` if the fsync failed.
+        """
+
+    def maintain(self) -> None:
+        """Apply time-based policies (segment roll, retention by age); cheap when none is due."""
 
     def close(self) -> None:
         """Release resources, keeping what is durable. Idempotent."""
@@ -124,6 +140,12 @@ class MemoryPartitionLog:
         index = max(offset - self._base, 0)
         return self._records[index : index + max_records]
 
+    def synced(self, offset: int) -> asyncio.Future[None] | None:
+        return None
+
+    def maintain(self) -> None:
+        pass
+
     def close(self) -> None:
         self._closed = True
 
@@ -160,7 +182,10 @@ class OffsetStore(Protocol):
         """Every group with a committed offset on ``topic``."""
 
     def delete_group(self, group: str, topic: str) -> None:
-        """Forget the group's offsets on ``topic``. Idempotent."""
+        """Forget the group's offsets on ``topic`` (and that it was required). Idempotent."""
+
+    def require(self, group: str, topic: str) -> None:
+        """Remember ``group`` as required on ``topic`` (retention keeps what it has not read)."""
 
     def close(self) -> None:
         """Release resources, keeping what is durable. Idempotent."""
@@ -169,10 +194,11 @@ class OffsetStore(Protocol):
 class MemoryOffsetStore:
     """An :class:`OffsetStore` in a dict."""
 
-    __slots__ = ("_offsets",)
+    __slots__ = ("_offsets", "required")
 
     def __init__(self) -> None:
         self._offsets: dict[tuple[str, str], dict[int, int]] = {}
+        self.required: set[tuple[str, str]] = set()
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         partitions = self._offsets.get((group, topic))
@@ -186,6 +212,61 @@ class MemoryOffsetStore:
 
     def delete_group(self, group: str, topic: str) -> None:
         self._offsets.pop((group, topic), None)
+        self.required.discard((group, topic))
+
+    def require(self, group: str, topic: str) -> None:
+        self.required.add((group, topic))
+
+    def close(self) -> None:
+        pass
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where a broker keeps its topics: partition logs, group offsets, the topic list."""
+
+    @property
+    def offsets(self) -> OffsetStore:
+        """The groups' committed offsets."""
+
+    @property
+    def syncs(self) -> bool:
+        """Whether logs may hand out :meth:`PartitionLog.synced` futures (producers then await)."""
+
+    @property
+    def maintenance_interval(self) -> float | None:
+        """Seconds between calls of :meth:`PartitionLog.maintain`; ``None``: never needed."""
+
+    def topics(self) -> dict[str, int]:
+        """Topics kept from an earlier run, with their partition counts."""
+
+    def open_log(self, topic: str, partition: int) -> PartitionLog:
+        """Open (creating if needed) the log of ``(topic, partition)``."""
+
+    def delete_topic(self, topic: str) -> None:
+        """Forget ``topic`` once its logs were deleted. Idempotent."""
+
+    def close(self) -> None:
+        """Release what the storage holds, after its logs and offsets were closed. Idempotent."""
+
+
+class MemoryStorage:
+    """A :class:`Storage` in memory: nothing survives the process."""
+
+    syncs = False
+    maintenance_interval = None
+
+    def __init__(
+        self, open_log: LogFactory | None = None, offsets: OffsetStore | None = None
+    ) -> None:
+        self.open_log = open_log or memory_logs()
+        self.offsets = offsets if offsets is not None else MemoryOffsetStore()
+
+    def topics(self) -> dict[str, int]:
+        return {}
+
+    def delete_topic(self, topic: str) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -1,4 +1,9 @@
-"""``make demo``: feed the orders pipeline, show progress while it works, then a summary."""
+"""``make demo``: feed the orders pipeline, show progress while it works, then a summary.
+
+The pipeline runs on the durable log in ``examples/orders/data``: run the demo
+again and every group resumes where it stopped (interrupt it with Ctrl-C and
+the next run finishes the leftovers first). ``--clean`` starts from an empty log.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,22 @@ import argparse
 import asyncio
 import logging
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
+from binders.log.binder import durable_broker_name
+from binders.log.engine import Broker
 from examples.orders.app import app, ledger
 
 CUSTOMERS = [f"c-{region}{n:03d}" for region in range(3) for n in range(40)]
+GROUPS = {  # group → the destination it reads
+    "pipeline": "orders",
+    "billing": "orders.enriched",
+    "support": "orders.pipeline.dlq",
+}
 
 
 def make_order(order_id: int, rng: random.Random) -> dict | bytes:
@@ -37,37 +52,89 @@ def make_order(order_id: int, rng: random.Random) -> dict | bytes:
 def progress(sent: int, total: int, started: float) -> str:
     elapsed = max(time.perf_counter() - started, 1e-9)
     done = ledger.billed + sum(ledger.rejected.values())
-    bar = "#" * int(30 * done / total)
+    bar = "#" * min(30, int(30 * done / total))
     return (
         f"\r[{bar:<30}] sent {sent:>6}/{total}  billed {ledger.billed:>6}  "
         f"dead-lettered {sum(ledger.rejected.values()):>4}  {done / elapsed:>8,.0f} msg/s"
     )
 
 
+def log_path() -> Path | None:
+    """The durable log's directory, when the app's binder has one."""
+    options = app.config.binders[app.config.default_binder or "local"].options
+    path = getattr(options, "path", None)
+    return None if path is None else Path(path)
+
+
+@dataclass
+class Position:
+    """Where a group stands on its destination: committed offsets against the end."""
+
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - self.committed
+
+
+def positions(broker: Broker) -> dict[str, Position]:
+    found = {}
+    for group, topic in GROUPS.items():
+        ends, committed = broker.end_offsets(topic), broker.committed(group, topic)
+        found[group] = Position(sum(committed.get(p, 0) for p in ends), sum(ends.values()))
+    return found
+
+
 async def run(total: int, seed: int) -> None:
-    rng = random.Random(seed)
+    path = log_path()
     async with app:
+        broker = Broker.named(durable_broker_name(path)) if path else None
+        before = positions(broker) if broker else None
+        first_id = before["pipeline"].end if before else 0  # order ids go on across runs
+        rng = random.Random(seed + first_id)
         started = time.perf_counter()
         for start in range(0, total, 500):
+            batch = range(start, min(total, start + 500))
             await asyncio.gather(
-                *(
-                    app.send("orders", make_order(i, rng), key=None)
-                    for i in range(start, min(total, start + 500))
-                )
+                *(app.send("orders", make_order(first_id + i, rng), key=None) for i in batch)
             )
-            sys.stdout.write(progress(min(total, start + 500), total, started))
+            sys.stdout.write(progress(batch[-1] + 1, total, started))
             sys.stdout.flush()
-        deadline = time.monotonic() + 120
-        while ledger.billed + sum(ledger.rejected.values()) < total:
-            if time.monotonic() > deadline:
-                raise SystemExit("\nthe pipeline stopped making progress")
-            await asyncio.sleep(0.1)
-            sys.stdout.write(progress(total, total, started))
-            sys.stdout.flush()
+        await _finish(broker, total, started)
         elapsed = time.perf_counter() - started
+        after = positions(broker) if broker else None
+    _summary(total, elapsed, path, before, after)
+
+
+async def _finish(broker: Broker | None, total: int, started: float) -> None:
+    """Wait until every group committed everything on its destination (in memory: counts)."""
+
+    def busy() -> bool:
+        if broker is not None:
+            return any(p.lag for p in positions(broker).values())
+        return ledger.billed + sum(ledger.rejected.values()) < total
+
+    deadline = time.monotonic() + 120
+    while busy():
+        if time.monotonic() > deadline:
+            raise SystemExit("\nthe pipeline stopped making progress")
+        await asyncio.sleep(0.1)
+        sys.stdout.write(progress(total, total, started))
+        sys.stdout.flush()
+
+
+def _summary(
+    total: int,
+    elapsed: float,
+    path: Path | None,
+    before: dict[str, Position] | None,
+    after: dict[str, Position] | None,
+) -> None:
+    handled = ledger.billed + sum(ledger.rejected.values())
     print(
-        f"\n\nprocessed {total:,} orders in {elapsed:.2f} s "
-        f"({total / elapsed:,.0f} msg/s end to end)"
+        f"\n\nsent {total:,} orders; this run handled {handled:,} in {elapsed:.2f} s "
+        f"({handled / elapsed:,.0f} msg/s end to end)"
     )
     print(
         f"billed      {ledger.billed:,} orders for {len(ledger.invoices)} customers, "
@@ -79,6 +146,26 @@ async def run(total: int, seed: int) -> None:
     )
     in_order = all(ids == sorted(ids) for ids in ledger.invoices.values())
     print(f"per-customer order kept: {in_order}")
+    if path is None or before is None or after is None:
+        return
+    print(f"\ndurable log in {path}/ (inspect it: binder log inspect {path})")
+    pipeline = before["pipeline"]
+    if pipeline.end == 0:
+        print("first run on an empty log: every group started at the beginning")
+        print("run `make demo` again: each group will resume where it stopped")
+        return
+    print(
+        f"the log already held {pipeline.end:,} orders from earlier runs; group 'pipeline' "
+        f"resumed at offset {pipeline.committed:,}, where its last commit left it"
+    )
+    if pipeline.lag:
+        print(f"  ({pipeline.lag:,} orders left over from an interrupted run were handled first)")
+    print(
+        f"  nothing before it was processed again: this run handled "
+        f"{after['pipeline'].committed - pipeline.committed:,} orders, "
+        f"now at offset {after['pipeline'].committed:,} of {after['pipeline'].end:,}"
+    )
+    print("  (--clean starts over from an empty log)")
 
 
 def main() -> None:
@@ -86,7 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--orders", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--clean", action="store_true", help="delete the log's data first")
     args = parser.parse_args()
+    path = log_path()
+    if args.clean and path is not None and path.exists():
+        shutil.rmtree(path)
+        print(f"removed {path}/")
     asyncio.run(run(args.orders, args.seed))
 
 

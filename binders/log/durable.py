@@ -1,0 +1,213 @@
+"""A log directory: the :class:`~binders.log.storage.Storage` of a durable broker.
+
+Layout under ``path``::
+
+    lock                         held (flock) by the process that has the directory open
+    format.json                  {"format": 1}
+    topics/<topic>/topic.json    {"name": ..., "partitions": N}
+    topics/<topic>/<p>/<base:020d>.log, .index      segments (binders.log.segment)
+    groups/<group>/<gen:010d>.offsets               commits (binders.log.offsets)
+
+Topic and group names are percent-encoded into directory names. This release
+lets one process at a time open a directory: a second one fails at start-up
+naming the path (sharing a path between processes is the next step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+from binder.errors import BackendError
+from binders.log.disk import DiskPartitionLog, TopicPolicy
+from binders.log.offsets import DiskOffsetStore
+from binders.log.sync import Syncer, fsync_path
+
+__all__ = [
+    "FORMAT",
+    "DurableStorage",
+    "StorageSettings",
+    "read_topic_dir",
+    "topic_dir_name",
+    "write_json",
+]
+
+log = logging.getLogger("binders.log")
+
+FORMAT = 1
+Fsync = Literal["always", "batch", "never"]
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How a log directory is written: fsync policy, and roll/retention per topic."""
+
+    fsync: Fsync = "batch"
+    fsync_interval_ms: float = 0.0
+    policy: TopicPolicy = field(default_factory=TopicPolicy)
+    topics: Mapping[str, TopicPolicy] = field(default_factory=dict)
+
+    def policy_for(self, topic: str) -> TopicPolicy:
+        return self.topics.get(topic, self.policy)
+
+
+def topic_dir_name(topic: str) -> str:
+    """``topic`` as a directory name (percent-encoded; never ``.`` or ``..``)."""
+    if not topic:
+        raise BackendError("log: a topic needs a name")
+    name = quote(topic, safe="")
+    return name.replace(".", "%2E") if name in {".", ".."} else name
+
+
+def write_json(path: Path, data: Any, durable: bool) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file, fsync if ``durable``, rename)."""
+    temp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(temp, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
+    os.replace(temp, path)
+    if durable:
+        fsync_path(path.parent)
+
+
+class DurableStorage:
+    """Topics and groups in a directory (see the module docstring)."""
+
+    def __init__(self, path: Path, settings: StorageSettings) -> None:
+        self.path = path
+        self.settings = settings
+        self._durable = settings.fsync != "never"
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(path)
+        self.syncer: Syncer | None = None
+        """The fsync thread (``None`` with ``fsync: never``)."""
+        try:
+            self._check_format()
+            self._topics_dir = path / "topics"
+            self._topics_dir.mkdir(exist_ok=True)
+            if settings.fsync != "never":
+                self.syncer = Syncer(settings.fsync, settings.fsync_interval_ms / 1000)
+            self.offsets = DiskOffsetStore(path / "groups", self.syncer)
+        except BaseException:
+            self.close()
+            raise
+        self.syncs = self.syncer is not None
+        self.maintenance_interval = _maintenance_interval(settings)
+        self._counts: dict[str, int] = {}
+
+    def _check_format(self) -> None:
+        marker = self.path / "format.json"
+        if not marker.exists():
+            write_json(marker, {"format": FORMAT}, self._durable)
+            return
+        found = json.loads(marker.read_text(encoding="utf-8")).get("format")
+        if found != FORMAT:
+            raise BackendError(
+                f"log: {self.path} holds format {found!r}; this release reads {FORMAT}"
+            )
+
+    # -- the Storage protocol -----------------------------------------------------------------
+
+    def topics(self) -> dict[str, int]:
+        found = {}
+        for directory in sorted(p for p in self._topics_dir.iterdir() if p.is_dir()):
+            if directory.name.startswith(".deleted-"):  # a delete the last run did not finish
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            name, count = read_topic_dir(directory)
+            if count:
+                found[name] = count
+                self._counts[name] = count
+        return found
+
+    def open_log(self, topic: str, partition: int) -> DiskPartitionLog:
+        directory = self._topics_dir / topic_dir_name(topic)
+        if self._counts.get(topic, 0) <= partition:
+            directory.mkdir(exist_ok=True)
+            (directory / str(partition)).mkdir(exist_ok=True)
+            write_json(
+                directory / "topic.json",
+                {"name": topic, "partitions": partition + 1},
+                self._durable,
+            )
+            if self._durable:
+                fsync_path(self._topics_dir)
+            self._counts[topic] = partition + 1
+        return DiskPartitionLog(
+            directory / str(partition),
+            topic,
+            partition,
+            self.settings.policy_for(topic),
+            self.syncer,
+            lambda: self.offsets.floor(topic, partition),
+        )
+
+    def delete_topic(self, topic: str) -> None:
+        self._counts.pop(topic, None)
+        directory = self._topics_dir / topic_dir_name(topic)
+        if directory.exists():  # renamed first, so a crash never leaves half a topic behind
+            doomed = self._topics_dir / f".deleted-{uuid.uuid4().hex}"
+            directory.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def close(self) -> None:
+        if self.syncer is not None:
+            self.syncer.close()
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_topic_dir(directory: Path) -> tuple[str, int]:
+    """A topic directory's name and partition count (from ``topic.json``, else its contents)."""
+    name = unquote(directory.name)
+    count = 0
+    while (directory / str(count)).is_dir():
+        count += 1
+    try:
+        meta = json.loads((directory / "topic.json").read_text(encoding="utf-8"))
+        name, count = meta["name"], max(count, int(meta["partitions"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning(
+            "log: %s/topic.json unreadable (%s); using the directory's contents", directory, exc
+        )
+    return name, count
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BackendError(
+            f"log: {path} is in use by another process (sharing a path between processes"
+            " is not available in this release)"
+        ) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _maintenance_interval(settings: StorageSettings) -> float:
+    """Often enough for the shortest age limit configured; between 0.1 s and 30 s."""
+    limits = [
+        ms
+        for policy in (settings.policy, *settings.topics.values())
+        for ms in (policy.segment_ms, policy.retention_ms)
+        if ms is not None
+    ]
+    return min(30.0, max(0.1, min(limits, default=120_000) / 4000))

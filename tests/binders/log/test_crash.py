@@ -1,0 +1,153 @@
+"""Real processes, really killed: nothing acknowledged is lost, nothing committed is redone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from binder.cli import main
+from binders.log.durable import DurableStorage, StorageSettings
+from binders.log.engine import Broker
+
+PROCS = Path(__file__).with_name("procs.py")
+TIMEOUT = 30.0
+
+
+class Proc:
+    """A child process whose stdout lines are collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(PROCS), *args], stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.strip())
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_lines(self, count: int) -> None:
+        self.wait_until(lambda: len(self.lines) >= count, f"{count} lines")
+
+    def wait_until(self, done: Callable[[], bool], what: str) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: done() or self.process.poll() is not None, TIMEOUT)
+            assert done(), f"waited for {what}; got {len(self.lines)} lines"
+
+    def stop(self, sig: int) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+        return code
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(line) for line in self.lines if line.isdigit()]
+
+
+def _stored_ids(path: Path) -> list[int]:
+    broker = Broker("check", storage=DurableStorage(path, StorageSettings()))
+    try:
+        ids = []
+        for partition, end in broker.end_offsets("orders").items():
+            offset = 0
+            while offset < end:
+                records = broker.read("orders", partition, offset, 1_000)
+                ids += [orjson.loads(r.value)["id"] for r in records]
+                offset += len(records)
+        return ids
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("fsync", ["never", "batch"])
+def test_a_producer_killed_mid_stream_loses_nothing_it_was_told_was_sent(
+    tmp_path: Path, fsync: str
+) -> None:
+    producer = Proc("produce", str(tmp_path / "log"), fsync)
+    producer.wait_lines(2_000)
+    assert producer.stop(signal.SIGKILL) == -signal.SIGKILL
+    acknowledged = set(producer.ids)
+    stored = _stored_ids(tmp_path / "log")
+    assert len(stored) == len(set(stored))
+    assert acknowledged <= set(stored), sorted(acknowledged - set(stored))[:10]
+
+
+def test_garbage_on_a_segment_tail_is_cut_at_the_next_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    producer = Proc("produce", str(tmp_path / "log"), "never")
+    producer.wait_lines(500)
+    producer.stop(signal.SIGKILL)
+    tail = sorted((tmp_path / "log" / "topics" / "orders" / "0").glob("*.log"))[-1]
+    with tail.open("ab") as file:
+        file.write(os.urandom(1_000))
+    assert main(["log", "verify", str(tmp_path / "log")]) == 1
+    assert set(producer.ids) <= set(_stored_ids(tmp_path / "log"))  # the open cut the garbage
+    assert main(["log", "verify", str(tmp_path / "log")]) == 0
+    assert "torn tail" in capsys.readouterr().out
+
+
+def _fill(path: Path, count: int) -> None:
+    broker = Broker("fill", storage=DurableStorage(path, StorageSettings()))
+    broker.create_topic("orders", 2)
+    for i in range(count):
+        broker.append("orders", i % 2, [(None, orjson.dumps({"id": i}), {}, time.time())])
+    broker.close()
+
+
+def test_a_consumer_restarted_cleanly_gets_no_message_twice(tmp_path: Path) -> None:
+    _fill(tmp_path / "log", 3_000)
+    first = Proc("consume", str(tmp_path / "log"))
+    first.wait_lines(1_000)
+    assert first.stop(signal.SIGTERM) == 0
+    second = Proc("consume", str(tmp_path / "log"))
+    second.wait_lines(1 + 3_000 - len(first.ids))
+    second.stop(signal.SIGTERM)
+    handled = first.ids + second.ids
+    assert len(handled) == len(set(handled)) == 3_000
+
+
+def test_a_consumer_killed_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    _fill(tmp_path / "log", 3_000)
+    first = Proc("consume", str(tmp_path / "log"))
+    first.wait_lines(1_000)
+    first.stop(signal.SIGKILL)
+    second = Proc("consume", str(tmp_path / "log"))
+    second.wait_until(lambda: set(first.ids) | set(second.ids) >= set(range(3_000)), "every id")
+    second.stop(signal.SIGTERM)
+    assert set(first.ids) | set(second.ids) == set(range(3_000))  # at least once
+
+
+def test_the_killed_producers_directory_reopens_for_an_app(tmp_path: Path) -> None:
+    producer = Proc("produce", str(tmp_path / "log"), "batch")
+    producer.wait_lines(200)
+    producer.stop(signal.SIGKILL)
+
+    async def more() -> None:
+        from binder import App
+
+        binder = {"type": "log", "path": str(tmp_path / "log")}
+        async with App(config={"binder": {"binders": {"b": binder}}}, environ={}) as app:
+            await app.send("orders", {"id": -1})
+
+    asyncio.run(more())
+    assert -1 in _stored_ids(tmp_path / "log")

@@ -10,8 +10,23 @@ from benchmarks import bench_core
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=200_000, help="messages per throughput run")
+    parser.add_argument("--log", action="store_true", help="also the durable log (bench_log)")
+    parser.add_argument(
+        "--kafka-n",
+        type=int,
+        default=100_000,
+        help="messages per Kafka run (bench_kafka, on a Tansu it starts; 0 skips it)",
+    )
     args = parser.parse_args()
     bench_core.main(args.n)
+    if args.log:
+        from benchmarks import bench_log
+
+        bench_log.main(args.n)
+    if args.kafka_n:
+        from benchmarks import bench_kafka
+
+        bench_kafka.main(args.kafka_n)
 
 
 if __name__ == "__main__":

@@ -175,13 +175,17 @@ class App:
         await output.send(payload, key, dict(headers) if headers else None)
 
     async def _send_output(self, name: str) -> OutputBinding:
+        for cached in ((name, "binding"), (name, "destination")):  # before the slower lookup
+            output = self._send_outputs.get(cached)
+            if output is not None:
+                self._send_outputs.move_to_end(cached)
+                return output
         binding = self.config.binding(name)
         cache_key = (name, "binding") if binding else (name, "destination")
-        output = self._send_outputs.get(cache_key)
-        if output is not None:
-            self._send_outputs.move_to_end(cache_key)
-            return output
         output = await self._output(name, binding or BindingConfig(destination=name))
+        raced = self._send_outputs.get(cache_key)  # concurrent first sends: keep the first
+        if raced is not None:
+            return raced
         self._send_outputs[cache_key] = output
         if len(self._send_outputs) > _MAX_SEND_OUTPUTS:
             _, evicted = self._send_outputs.popitem(last=False)
@@ -324,6 +328,10 @@ class App:
             raise ConfigError("unknown binder", path=f"{path}.binder", value=name)
         binder = self._create_binder(name, entry)
         await binder.start()
+        raced = self._binders.get(name)  # started meanwhile by a concurrent first send
+        if raced is not None:
+            await binder.close()
+            return raced
         self._binders[name] = binder
         return binder
 

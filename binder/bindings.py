@@ -100,6 +100,8 @@ class InputBinding(_Lifecycle):
         self._lanes: list[asyncio.Queue[InboundRecord]] = []
         self._tracker = AckTracker()
         self._fetching = False
+        self._chunk_done = asyncio.Event()  # one lane: no fetched chunk is being processed
+        self._chunk_done.set()
 
     @property
     def destination(self) -> str:
@@ -169,8 +171,13 @@ class InputBinding(_Lifecycle):
     # -- RebalanceListener ------------------------------------------------------------------
 
     async def on_revoked(self, partitions: set[int]) -> None:
-        """Wait for in-flight records to finish and be committed before giving partitions up."""
+        """Wait for in-flight records to finish and be committed before giving partitions up.
+
+        A backend may rebalance while a chunk is being processed (Kafka does, from its
+        client's own task), so with one lane this waits for the chunk in hand too.
+        """
         await self._tracker.wait_idle()
+        await self._chunk_done.wait()
 
     async def on_assigned(self, partitions: set[int]) -> None:
         log.debug("binding %s assigned partitions %s", self.name, sorted(partitions))
@@ -193,7 +200,11 @@ class InputBinding(_Lifecycle):
                     self._tracker.track(records)
                     await self._dispatch(records)
                 else:
-                    await self._process(records)
+                    self._chunk_done.clear()
+                    try:
+                        await self._process(records)
+                    finally:
+                        self._chunk_done.set()
         except asyncio.CancelledError:
             if not self._stop.is_set():
                 raise

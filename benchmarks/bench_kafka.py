@@ -1,0 +1,255 @@
+"""The Kafka binder side by side with raw aiokafka, against the same broker in one run.
+
+Work: produce N keyed 100-byte messages to a 4-partition topic, pipelined; then
+consume them all in a consumer group, committing after each fetched batch.
+
+- raw aiokafka, as one would write it: ``producer.send`` for every message, then
+  ``gather`` of the delivery futures; ``getmany`` in a loop, a call per record,
+  ``commit`` per batch;
+- the binder as an app uses it: ``asyncio.gather`` over ``app.send``, and an
+  ``@app.consumer`` (async, receiving the payload as ``bytes``);
+- the binder's own layer without the core: ``send_batch`` of the N records on its
+  producer, and a ``fetch`` → ``commit`` loop on its consumer. The gap between the
+  two binder rows is the core's per-message work (encoding, a task per gathered
+  ``app.send``, decoding and calling the function), common to every binder.
+
+Both use the same client settings (``acks=all``, linger 0; the group timings of
+:data:`binders.kafka.testing.FAST_GROUPS`). Consumption is timed from the moment
+the consumer owns its partitions (both wait for the group join first) to the last
+message handled. The broker is ``$KAFKA_BOOTSTRAP_SERVERS``, else a Tansu started here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from binder import App
+from binder.spi import Binder, ConsumerSpec, OutboundRecord, ProducerSpec
+from binders.kafka import KAFKA_BINDER_TYPE, KafkaOptions
+from binders.kafka.testing import FAST_GROUPS, Tansu
+
+PARTITIONS = 4
+VALUE = b"x" * 100
+ROUNDS = 3
+FETCH_MAX_WAIT_MS = 100
+"""Both consumers: a long poll on drained partitions delays the others' next fetch by up
+to this much (one fetch in flight per broker), which at the default 500 ms is most of
+the noise between runs."""
+
+
+@contextlib.contextmanager
+def _broker() -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    with Tansu() as servers:
+        yield servers
+
+
+def _keys(n: int) -> list[bytes]:
+    return [f"key-{i % 1000}".encode() for i in range(n)]
+
+
+def _app(servers: str, bindings: dict[str, dict[str, object]] | None = None) -> App:
+    kafka = {
+        "type": "kafka",
+        "bootstrap-servers": servers,
+        "fetch-max-wait-ms": FETCH_MAX_WAIT_MS,
+        **FAST_GROUPS,
+    }
+    return App(config={"binder": {"binders": {"kafka": kafka}, "bindings": bindings or {}}})
+
+
+# -- raw aiokafka -------------------------------------------------------------------------
+
+
+async def raw_produce(servers: str, topic: str, n: int) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending = [await producer.send(topic, VALUE, key=key) for key in _keys(n)]
+        await asyncio.gather(*pending)
+        return n / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(servers: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=servers,
+        group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=FAST_GROUPS["session-timeout-ms"],
+        heartbeat_interval_ms=FAST_GROUPS["heartbeat-interval-ms"],
+        max_poll_records=500,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    await consumer.start()  # returns once the group gave it its partitions
+    handled = 0
+
+    def handle(value: bytes) -> None:
+        nonlocal handled
+        handled += 1
+
+    try:
+        started = time.perf_counter()
+        while handled < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for records in batch.values():
+                for record in records:
+                    handle(record.value)
+            if batch:
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        return n / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+# -- the binder ---------------------------------------------------------------------------
+
+
+async def binder_produce(servers: str, topic: str, n: int) -> float:
+    async with _app(servers) as app:
+        await app.send(topic, VALUE, key=b"warm-up")  # provisions the topic, starts the client
+        keys = _keys(n)
+        started = time.perf_counter()
+        await asyncio.gather(*(app.send(topic, VALUE, key=key) for key in keys))
+        return n / (time.perf_counter() - started)
+
+
+async def binder_consume(servers: str, topic: str, n: int) -> float:
+    group = f"binder-{uuid.uuid4().hex[:8]}"
+    app = _app(servers, {"sink-in-0": {"destination": topic, "group": group}})
+    done = asyncio.Event()
+    handled = 0
+
+    @app.consumer
+    async def sink(value: bytes) -> None:
+        nonlocal handled
+        handled += 1
+        if handled >= n:
+            done.set()
+
+    async with app:  # returns once the group gave the consumer its partitions
+        started = time.perf_counter()
+        await done.wait()
+        return n / (time.perf_counter() - started)
+
+
+# -- the binder's own layer (the SPI the core drives), without the core -------------------
+
+
+async def spi_produce(servers: str, topic: str, n: int) -> float:
+    binder = _binder(servers)
+    await binder.start()
+    try:
+        producer = await binder.producer(ProducerSpec(topic, PARTITIONS))
+        records = [OutboundRecord(VALUE, key) for key in _keys(n)]
+        started = time.perf_counter()
+        await producer.send_batch(records)
+        return n / (time.perf_counter() - started)
+    finally:
+        await binder.close()
+
+
+async def spi_consume(servers: str, topic: str, n: int) -> float:
+    binder = _binder(servers)
+    await binder.start()
+    try:
+        spec = ConsumerSpec(topic, f"spi-{uuid.uuid4().hex[:8]}", max_records=500)
+        consumer = await binder.consumer(spec, _NoRebalance())
+        handled = 0
+        started = time.perf_counter()
+        while handled < n:
+            records = await consumer.fetch()
+            handled += len(records)
+            await consumer.commit(records)
+        return n / (time.perf_counter() - started)
+    finally:
+        await binder.close()
+
+
+class _NoRebalance:
+    async def on_revoked(self, partitions: set[int]) -> None:
+        return None
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        return None
+
+
+def _binder(servers: str) -> Binder:
+    options = KafkaOptions.model_validate(
+        {"bootstrap-servers": servers, "fetch-max-wait-ms": FETCH_MAX_WAIT_MS, **FAST_GROUPS}
+    )
+    return KAFKA_BINDER_TYPE.create("bench", options)
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def _round(servers: str, n: int) -> dict[str, float]:
+    raw_topic, binder_topic = (f"bench-{kind}-{uuid.uuid4().hex[:8]}" for kind in "rb")
+    for topic in (raw_topic, binder_topic):
+        await _create(servers, topic)
+    figures = {
+        "produce raw": await raw_produce(servers, raw_topic, n),
+        "produce app": await binder_produce(servers, binder_topic, n),
+        "produce spi": await spi_produce(servers, binder_topic, n),
+        "consume raw": await raw_consume(servers, raw_topic, n),
+        "consume app": await binder_consume(servers, raw_topic, n),
+        "consume spi": await spi_consume(servers, raw_topic, n),
+    }
+    await _delete(servers, raw_topic, binder_topic)
+    return figures
+
+
+async def _create(servers: str, topic: str) -> None:
+    binder = _binder(servers)
+    await binder.start()
+    try:
+        await binder.provision(topic, PARTITIONS)
+    finally:
+        await binder.close()
+
+
+async def _delete(servers: str, *topics: str) -> None:
+    binder = _binder(servers)
+    await binder.start()
+    try:
+        for topic in topics:
+            await binder.delete(topic)
+    finally:
+        await binder.close()
+
+
+ROWS = [
+    ("produce", "app", "app.send x N, gathered"),
+    ("produce", "spi", "binder producer.send_batch"),
+    ("consume", "app", "@app.consumer (async)"),
+    ("consume", "spi", "binder fetch → commit loop"),
+]
+
+
+def main(n: int) -> None:
+    with _broker() as servers:
+        rounds = [asyncio.run(_round(servers, n)) for _ in range(ROUNDS)]
+    best = {case: max(r[case] for r in rounds) for case in rounds[0]}
+    print(
+        f"\nKafka binder vs raw aiokafka, {n:,} keyed {len(VALUE)}-byte messages, "
+        f"{PARTITIONS} partitions, broker {servers} (best of {ROUNDS} rounds)"
+    )
+    print(f"{'work':8} {'binder side':28} {'raw msg/s':>10} {'binder msg/s':>13} {'ratio':>6}")
+    for work, side, label in ROWS:
+        raw, ours = best[f"{work} raw"], best[f"{work} {side}"]
+        print(f"{work:8} {label:28} {raw:10,.0f} {ours:13,.0f} {ours / raw:6.2f}")

@@ -1,0 +1,168 @@
+"""The ``kafka`` binder: aiokafka clients behind the binder SPI.
+
+One admin connection provisions topics; one producer client, shared by every
+destination, sends; each input binding has its own consumer client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+
+from binder.errors import BackendError, ClosedError, ConfigError
+from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binders.kafka.admin import Provisioner
+from binders.kafka.consumer import KafkaConsumer
+from binders.kafka.errors import backend_errors
+from binders.kafka.options import KafkaOptions
+from binders.kafka.producer import KafkaProducer, SendQueue
+
+__all__ = ["KafkaBinder", "client_settings"]
+
+
+class KafkaBinder:
+    """One Kafka cluster, as configured by :class:`KafkaOptions`."""
+
+    def __init__(self, name: str, options: KafkaOptions, capabilities: Capabilities) -> None:
+        self.name = name
+        self.options = options
+        self.capabilities = capabilities
+        self._servers = options.bootstrap_servers
+        self._connection: Mapping[str, Any] = {}
+        self._admin: Provisioner | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._sends: SendQueue | None = None
+        self._consumers: set[KafkaConsumer] = set()
+
+    async def start(self) -> None:
+        """Connect the admin client: BackendError naming the broker when unreachable."""
+        if self._admin is not None:
+            return
+        self._connection = client_settings(self.name, self.options)
+        admin = Provisioner(self.name, self.options, self._connection)
+        try:
+            await admin.start()
+        except BaseException:
+            await admin.close()
+            raise
+        self._admin = admin
+
+    @property
+    def admin(self) -> Provisioner:
+        if self._admin is None:
+            raise ClosedError(f"kafka binder {self.name!r} is not started (or closed)")
+        return self._admin
+
+    async def provision(
+        self, destination: str, partition_count: int, required_groups: Sequence[str] = ()
+    ) -> None:
+        creating = self._default_partitions(destination)
+        count = await self.admin.ensure_topic(destination, partition_count, creating)
+        if required_groups:
+            await self.admin.ensure_groups(destination, required_groups, count)
+
+    def _default_partitions(self, destination: str) -> int:
+        """The fewest partitions this binder creates ``destination`` with."""
+        if destination.endswith(".dlq"):
+            return self.options.dlq_partition_count
+        return self.options.default_partition_count
+
+    async def producer(self, spec: ProducerSpec) -> KafkaProducer:
+        await self.provision(spec.destination, spec.partition_count)
+        return KafkaProducer(await self._send_queue(), spec.destination, self._servers)
+
+    async def _send_queue(self) -> SendQueue:
+        async with self._producer_lock:
+            if self._sends is None:
+                action = "start producer"
+                if self.options.enable_idempotence:
+                    action += " (enable-idempotence needs InitProducerId; Tansu refuses it)"
+                with backend_errors(self._servers, action):
+                    client = AIOKafkaProducer(**self._connection, **self.options.producer())
+                    await _started(client)
+                self._producer, self._sends = client, SendQueue(client)
+            return self._sends
+
+    async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> KafkaConsumer:
+        creating = self._default_partitions(spec.destination)
+        count = await self.admin.ensure_topic(spec.destination, 1, creating)
+        client = AIOKafkaConsumer(**self._connection, **self._consumer_settings(spec))
+        consumer = KafkaConsumer(client, spec, listener, self._servers)
+        try:
+            await asyncio.wait_for(consumer.open(count), self._join_timeout())
+        except TimeoutError:
+            await consumer.close()
+            raise BackendError(
+                f"kafka at {self._servers}: group {spec.group!r} gave {spec.destination!r} "
+                f"no assignment within {self._join_timeout():.0f}s"
+            ) from None
+        except BaseException:
+            await consumer.close()
+            raise
+        self._consumers = {c for c in self._consumers if not c.closed}
+        self._consumers.add(consumer)
+        return consumer
+
+    def _consumer_settings(self, spec: ConsumerSpec) -> dict[str, Any]:
+        settings = dict(self.options.consumer())
+        settings["auto_offset_reset"] = spec.start or ("earliest" if spec.group else "latest")
+        settings["max_poll_records"] = spec.max_records
+        settings["group_id"] = spec.group
+        if spec.group is not None and self.options.group_instance_id and spec.instance_count == 1:
+            settings["group_instance_id"] = f"{self.options.group_instance_id}-{spec.destination}"
+        return settings
+
+    def _join_timeout(self) -> float:
+        """A join may wait for every other member to finish its in-flight work."""
+        return (self.options.max_poll_interval_ms + self.options.session_timeout_ms) / 1000 + 10
+
+    async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
+        await self.admin.delete(destination, groups)
+
+    async def close(self) -> None:
+        """Close the consumers, the producer and the admin client. Idempotent."""
+        consumers, self._consumers = self._consumers, set()
+        for consumer in consumers:
+            await consumer.close()
+        sends, self._sends = self._sends, None
+        if sends is not None:
+            await sends.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
+
+
+async def _started(client: AIOKafkaProducer) -> None:
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
+def client_settings(name: str, options: KafkaOptions) -> dict[str, Any]:
+    """Connection keyword arguments of every client, the SSL context built from the options."""
+    settings = dict(options.connection())
+    if options.security_protocol in ("SSL", "SASL_SSL"):
+        try:
+            context = create_ssl_context(
+                cafile=options.ssl_cafile,
+                certfile=options.ssl_certfile,
+                keyfile=options.ssl_keyfile,
+                password=options.ssl_password.get_secret_value() if options.ssl_password else None,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot load the SSL files: {exc}", path=f"binder.binders.{name}.ssl-cafile"
+            ) from None
+        context.check_hostname = options.ssl_check_hostname
+        settings["ssl_context"] = context
+    return settings

@@ -161,25 +161,41 @@ class App:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(
+    def send(
         self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> asyncio.Future[None]:
         """Send to the binding called ``name`` (its destination and producer settings),
         else to the destination ``name`` on the default binder.
 
-        Returns once the backend accepted the message; concurrent calls are pipelined.
+        Returns an awaitable that completes once the backend accepted the message. Sends made
+        in one loop iteration go to the backend together, and no task is made per send, so
+        ``await asyncio.gather(*(app.send(...) for ...))`` runs at the client's speed.
         """
         if not self._started:
             raise BinderError("the app is not running: use `async with app:` or app.run()")
-        output = self._outputs.get(name) or await self._send_output(name)
-        await output.send(payload, key, dict(headers) if headers else None)
+        output = self._outputs.get(name) or self._cached_send_output(name)
+        if output is not None:
+            return output.submit(payload, key, headers)
+        return asyncio.ensure_future(self._first_send(name, payload, key, headers))
 
-    async def _send_output(self, name: str) -> OutputBinding:
-        for cached in ((name, "binding"), (name, "destination")):  # before the slower lookup
+    async def _first_send(
+        self, name: str, payload: Any, key: Any, headers: Mapping[str, Any] | None
+    ) -> None:
+        output = await self._send_output(name)
+        await output.submit(payload, key, headers)
+
+    def _cached_send_output(self, name: str) -> OutputBinding | None:
+        for cached in ((name, "binding"), (name, "destination")):
             output = self._send_outputs.get(cached)
             if output is not None:
                 self._send_outputs.move_to_end(cached)
                 return output
+        return None
+
+    async def _send_output(self, name: str) -> OutputBinding:
+        output = self._cached_send_output(name)  # before the slower lookup
+        if output is not None:
+            return output
         binding = self.config.binding(name)
         cache_key = (name, "binding") if binding else (name, "destination")
         output = await self._output(name, binding or BindingConfig(destination=name))

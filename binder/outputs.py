@@ -10,11 +10,13 @@ keyless messages are spread round-robin.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from binder.converters import ConverterRegistry
+from binder.errors import ClosedError
 from binder.message import CONTENT_TYPE, decode_key, key_bytes, normalize_headers
 from binder.partitioning import KeyExpression, partition_key, select_partition
 from binder.spi import Binder, OutboundRecord, Producer, ProducerSpec
@@ -52,6 +54,8 @@ class OutputBinding:
         self._observers = observers if observers is not None else []
         self._spread = itertools.count()
         self._producer: Producer | None = None
+        self._batch: tuple[list[OutboundRecord], list[asyncio.Future[None]]] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._encode = converters.get(content_type).encode
         self._partitioned = partition_count > 1 or key_expression is not None
 
@@ -68,7 +72,10 @@ class OutputBinding:
         self._producer = await self.binder.producer(spec)
 
     async def close(self) -> None:
-        """Close the producer. Idempotent."""
+        """Finish the sends submitted so far, then close the producer. Idempotent."""
+        self._flush()
+        if self._deliveries:
+            await asyncio.gather(*self._deliveries, return_exceptions=True)
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.close()
@@ -106,11 +113,58 @@ class OutputBinding:
         return select_partition(raw, self.partition_count)
 
     async def send(
-        self, payload: Any, key: Any = None, headers: dict[str, Any] | None = None
+        self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> None:
         """Encode and send one message; returns once the backend accepted it."""
         record = self.record(payload, key, normalize_headers(headers) if headers else None)
         await self.send_records((record,))
+
+    def submit(
+        self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> asyncio.Future[None]:
+        """Encode now and send together with everything else submitted in this loop iteration.
+
+        Returns a future of its own per call (cancelling it abandons only the wait), done
+        once the backend accepted the message; an encoding error fails it at once. Costs no
+        task per message, so ``asyncio.gather`` over many submits runs at the client's speed.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            record = self.record(payload, key, normalize_headers(headers) if headers else None)
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = ([], [])
+            loop.call_soon(self._flush)
+        batch[0].append(record)
+        batch[1].append(future)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(*batch))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(
+        self, records: list[OutboundRecord], futures: list[asyncio.Future[None]]
+    ) -> None:
+        try:
+            await self.send_records(records)
+        except asyncio.CancelledError:
+            _fail(futures, ClosedError(f"{self.destination}: closed while sending"))
+            raise
+        except Exception as exc:
+            _fail(futures, exc)
+            return
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
 
     async def send_records(self, records: Sequence[OutboundRecord]) -> None:
         """Send encoded records in order; returns once the backend accepted all of them."""
@@ -125,3 +179,9 @@ class OutputBinding:
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)
+
+
+def _fail(futures: list[asyncio.Future[None]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

@@ -247,7 +247,10 @@ class TestClient(_Client):
         self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> None:
         """Send to a binding's destination (or a destination); returns once accepted."""
-        self.harness._call(self.app.send(name, payload, key=key, headers=headers))
+        self.harness._call(self._send(name, payload, key, headers))
+
+    async def _send(self, name: str, payload: Any, key: Any, headers: Any) -> None:
+        await self.app.send(name, payload, key=key, headers=headers)
 
     def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
         """The next message sent to that destination, or ``None`` after ``timeout`` seconds."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
 from binder.errors import BackendError
+from binder.wakeup import wake
 from binders.log.storage import StoredRecord
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ class Member:
     def _wake_locked(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            _resolve_soon(waiter)
+            wake(waiter)
 
     def _close_locked(self) -> None:
         if self._closed:
@@ -322,22 +322,3 @@ class Member:
             if not group.members and self._topic._groups.get(group.name) is group:
                 del self._topic._groups[group.name]
         self._wake_locked()
-
-
-def _resolve_soon(waiter: asyncio.Future[None]) -> None:
-    """Resolve ``waiter`` on its own loop, from any thread (a closed loop is ignored)."""
-    loop = waiter.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        _resolve(waiter)
-    else:
-        with suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, waiter)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

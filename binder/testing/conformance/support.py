@@ -37,6 +37,7 @@ from binder.spi import (
     OutboundRecord,
     ProducerSpec,
 )
+from binder.wakeup import wake
 
 __all__ = [
     "BINDER_NAME",
@@ -116,7 +117,7 @@ class Inbox(Generic[T]):
             self._items.append(item)
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            _wake(waiter)
+            wake(waiter)
 
     @property
     def items(self) -> list[T]:
@@ -164,24 +165,6 @@ def _short_repr() -> reprlib.Repr:
 
 
 _SHORT = _short_repr()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    loop = waiter.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        _resolve(waiter)
-    else:
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_resolve, waiter)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class _Listener:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
@@ -102,6 +102,7 @@ class KafkaConsumer(ConsumerRebalanceListener):
 
     def _records(self, batch: Batch) -> list[InboundRecord]:
         topic, records = self._topic, []
+        decoded: dict[Any, dict[str, str]] = {}  # this fetch's distinct header sets
         for tp, taken in batch.items():
             partition = tp.partition
             records += [
@@ -111,7 +112,7 @@ class KafkaConsumer(ConsumerRebalanceListener):
                     r.offset,
                     r.value if r.value is not None else b"",
                     r.key,
-                    _headers(r.headers) if r.headers else {},
+                    _headers_of(r.headers, decoded),
                     r.timestamp / 1000,
                 )
                 for r in taken
@@ -186,6 +187,20 @@ class KafkaConsumer(ConsumerRebalanceListener):
 
     def _describe(self) -> str:
         return f"kafka consumer of {self._topic!r} (group {self._spec.group or 'anonymous'})"
+
+
+def _headers_of(headers: Any, decoded: dict[Any, dict[str, str]]) -> dict[str, str]:
+    """Decoded headers, shared by the records of one fetch that carry the same ones (most
+    carry just ``contentType``); the core never mutates a record's headers."""
+    if not headers:
+        return {}
+    try:
+        found = decoded.get(headers)
+    except TypeError:  # not hashable: decode it alone
+        return _headers(headers)
+    if found is None:
+        found = decoded[headers] = _headers(headers)
+    return found
 
 
 def _headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:

@@ -16,12 +16,22 @@ Reads are served, cheapest first, from
 3. the disk: the segment holding the offset (bisect on base offsets), then
    the batch before it in the sparse index, decoding forward (a sequential
    reader continues from where the last read stopped, without the index).
+
+Several processes may share a partition. Every change on disk (recovery,
+append, roll, retention, the index written at close) happens holding an
+exclusive ``flock`` on ``<p>/lock``, after adopting what other processes
+appended or rolled since (:meth:`DiskPartitionLog.refresh`, which reads only
+the file size when nothing changed): offsets never collide and batches never
+interleave. The tail cache holds this process's own appends only; records
+another process appended are read from disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import shutil
 import time
 from bisect import bisect_right
@@ -34,7 +44,7 @@ from pathlib import Path
 from binder.errors import ClosedError
 from binders.log.records import encode
 from binders.log.recovery import recover
-from binders.log.segment import CorruptLogError, Damage, Segment
+from binders.log.segment import CorruptLogError, Damage, Segment, log_name
 from binders.log.storage import Entry, StoredRecord
 from binders.log.sync import Syncer, fsync_path
 
@@ -79,7 +89,13 @@ class DiskPartitionLog:
         self._syncer = syncer
         self._floor = floor
         self._label = f"{topic}/{partition}"
-        found = recover(directory, self._label, repair=True)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            with _Flock(self._lock_fd):
+                found = recover(directory, self._label, repair=True)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._segments: list[Segment] = found.segments
         self._bases = [s.base for s in self._segments]
         self._damage: list[Damage] = found.damage
@@ -111,12 +127,19 @@ class DiskPartitionLog:
     def append(self, entries: Sequence[Entry]) -> int:
         if self._closed:
             raise ClosedError(f"log: partition {self._label} is closed")
-        base = self._end
-        parts, size, max_ts = encode(base, entries)
-        active = self._segments[-1]
-        if active.size and active.size + size > self.policy.segment_bytes:
-            active = self._roll()  # (a roll by age happens in maintain, on a timer)
-        active.append(parts, size, base, len(entries), max_ts)
+        fd = self._lock_fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if self._catch_up() != self._segments[-1].size:
+                self._segments[-1].cut_to_view()  # a dead writer's torn tail
+            base = self._end
+            parts, size, max_ts = encode(base, entries)
+            active = self._segments[-1]
+            if active.size and active.size + size > self.policy.segment_bytes:
+                active = self._roll()  # (a roll by age happens in maintain, on a timer)
+            active.append(parts, size, base, len(entries), max_ts)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         self._end = end = base + len(entries)
         self._pending.extend(entries)
         self._cache_sizes.append((base, size))
@@ -147,21 +170,36 @@ class DiskPartitionLog:
 
     def maintain(self) -> None:
         """Roll an aged active segment and apply retention (called on a timer)."""
-        now = time.time()
-        active = self._segments[-1]
-        if active.size and self._aged(active, now):
-            self._roll()
-        else:
-            self._retain(now)
+        if self._closed:
+            return
+        with _Flock(self._lock_fd):
+            self._catch_up()
+            now = time.time()
+            active = self._segments[-1]
+            if active.size and self._aged(active, now):
+                self._roll()
+            else:
+                self._retain(now)
+
+    def refresh(self) -> bool:
+        """Adopt what other processes appended since (no lock taken); True if the end moved."""
+        if self._closed:
+            return False
+        before = self._end
+        self._catch_up()
+        return self._end != before
 
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        active = self._segments[-1]
-        active.write_index()  # the record of a clean stop: it matches the log's size
-        for path in (active.path, active.index_path, self.directory):
-            fsync_path(path)
+        with _Flock(self._lock_fd):
+            self._catch_up()
+            self._closed = True
+            active = self._segments[-1]
+            active.write_index()  # the record of a clean stop: it matches the log's size
+            for path in (active.path, active.index_path, self.directory):
+                fsync_path(path)
+        os.close(self._lock_fd)
         if self._syncer is not None:
             self._syncer.forget(self, self._end)
         for segment in self._segments:
@@ -175,6 +213,8 @@ class DiskPartitionLog:
             self._syncer.forget(self, self._end)
         for segment in self._segments:
             segment.delete()
+        if was_open:
+            os.close(self._lock_fd)
         shutil.rmtree(self.directory, ignore_errors=True)
         self._drop_caches()
 
@@ -194,6 +234,42 @@ class DiskPartitionLog:
     def damage(self) -> list[Damage]:
         """Offsets recovery found unreadable (mid-log corruption, gaps)."""
         return list(self._damage)
+
+    # -- other processes -----------------------------------------------------------------------
+
+    def _catch_up(self) -> int:
+        """Adopt other processes' appends, rolls and retention; the active file's size."""
+        before = self._end
+        while True:
+            active = self._segments[-1]
+            size = active.catch_up()
+            following = self.directory / log_name(active.end)
+            if active.end == active.base or not following.exists():
+                break
+            active.sealed = True  # another process rolled (and wrote this segment's index)
+            active.close()
+            new = Segment(self.directory, active.end)
+            new.reopen_active()
+            self._segments.append(new)
+            self._bases.append(new.base)
+        while len(self._segments) > 1 and not self._segments[0].path.exists():
+            self._forget_segment_view(self._segments[0])
+        if self._end != self._segments[-1].end:
+            self._end = self._segments[-1].end
+            if self._end != before:
+                self._drop_caches()  # the cache holds only this process's own appends
+        return size
+
+    def _forget_segment_view(self, segment: Segment) -> None:
+        """Another process's retention deleted ``segment``: stop reading it."""
+        if self._reading is segment:
+            self._reading = None
+        if self._hint is not None and self._hint[1] is segment:
+            self._hint = None
+        segment.close()
+        del self._segments[0]
+        del self._bases[0]
+        self._forget_below(self._segments[0].base)
 
     # -- the tail cache ------------------------------------------------------------------------
 
@@ -358,3 +434,18 @@ class DiskPartitionLog:
 
     def __repr__(self) -> str:
         return f"DiskPartitionLog({self._label}, offsets {self.start_offset}..{self._end})"
+
+
+class _Flock:
+    """An exclusive ``flock`` on an open file, as a context manager."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -2,20 +2,24 @@
 
 Layout under ``path``::
 
-    lock                         held (flock) by the process that has the directory open
+    lock                         flock: shared by every process that has the directory open
     format.json                  {"format": 1}
     topics/<topic>/topic.json    {"name": ..., "partitions": N}
     topics/<topic>/<p>/<base:020d>.log, .index      segments (binders.log.segment)
+    topics/<topic>/<p>/lock                         flock around every change (binders.log.disk)
     groups/<group>/<gen:010d>.offsets               commits (binders.log.offsets)
+    groups/<group>/members/<topic>/<id>, owners/<topic>/<p>   (binders.log.membership)
 
-Topic and group names are percent-encoded into directory names. This release
-lets one process at a time open a directory: a second one fails at start-up
-naming the path (sharing a path between processes is the next step).
+Topic and group names are percent-encoded into directory names. Several
+processes may open one directory. The first opener (the one that gets the
+``lock`` exclusively) recovers it alone — cuts torn tails, compacts commit
+files — and downgrades to a shared lock once its broker has opened every
+topic (:meth:`DurableStorage.opened`); later openers wait for that, holding
+the lock shared for as long as they run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -30,6 +34,7 @@ from urllib.parse import quote, unquote
 
 from binder.errors import BackendError
 from binders.log.disk import DiskPartitionLog, TopicPolicy
+from binders.log.membership import Membership
 from binders.log.offsets import DiskOffsetStore
 from binders.log.sync import Syncer, fsync_path
 
@@ -45,6 +50,7 @@ __all__ = [
 log = logging.getLogger("binders.log")
 
 FORMAT = 1
+WATCH_INTERVAL = 0.05
 Fsync = Literal["always", "batch", "never"]
 
 
@@ -90,7 +96,7 @@ class DurableStorage:
         self.settings = settings
         self._durable = settings.fsync != "never"
         path.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(path)
+        self._lock_fd, self.first = _lock(path)
         self.syncer: Syncer | None = None
         """The fsync thread (``None`` with ``fsync: never``)."""
         try:
@@ -99,12 +105,14 @@ class DurableStorage:
             self._topics_dir.mkdir(exist_ok=True)
             if settings.fsync != "never":
                 self.syncer = Syncer(settings.fsync, settings.fsync_interval_ms / 1000)
-            self.offsets = DiskOffsetStore(path / "groups", self.syncer)
+            self.offsets = DiskOffsetStore(path / "groups", self.syncer, exclusive=self.first)
         except BaseException:
             self.close()
             raise
         self.syncs = self.syncer is not None
         self.maintenance_interval = _maintenance_interval(settings)
+        self.watch_interval = WATCH_INTERVAL
+        """Seconds between looks for what other processes appended, and who joined or died."""
         self._counts: dict[str, int] = {}
 
     def _check_format(self) -> None:
@@ -117,6 +125,15 @@ class DurableStorage:
             raise BackendError(
                 f"log: {self.path} holds format {found!r}; this release reads {FORMAT}"
             )
+
+    def opened(self) -> None:
+        """The broker opened every topic: recovery is over, let other processes in. Idempotent."""
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def membership(self, topic: str, group: str) -> Membership:
+        """Who belongs to ``group`` on ``topic`` across processes, and who owns which partition."""
+        return Membership(self.path / "groups" / quote(group, safe=""), topic)
 
     # -- the Storage protocol -----------------------------------------------------------------
 
@@ -186,20 +203,18 @@ def read_topic_dir(directory: Path) -> tuple[str, int]:
     return name, count
 
 
-def _lock(path: Path) -> int:
+def _lock(path: Path) -> tuple[int, bool]:
+    """The directory's lock: exclusive if no other process has it open (then True), else shared."""
     fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a first opener recovers
+        return fd, False
+    except BaseException:
         os.close(fd)
-        raise BackendError(
-            f"log: {path} is in use by another process (sharing a path between processes"
-            " is not available in this release)"
-        ) from None
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+        raise
+    return fd, True
 
 
 def _maintenance_interval(settings: StorageSettings) -> float:

@@ -25,17 +25,26 @@ topics of an earlier run when the broker is made, may ask for a periodic
 :meth:`Broker.maintain` (segment roll and retention by age, on a thread of
 the broker's), and hands producers a future to await after an append
 (:meth:`Broker.append_synced`) so that no fsync ever happens under the broker lock.
+
+A storage shared by several processes (the durable one) also asks for a
+watch (:meth:`Broker.watch`, every ``storage.watch_interval`` seconds on a
+thread of the broker's): it adopts what other processes appended, waking the
+members that read there, and re-lists each group's live members across
+processes (``storage.membership``), so a join or a death elsewhere starts the
+same cooperative rebalance; a partition is then taken only once its owner in
+any process has released it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
 
 from binder.errors import BackendError, ClosedError
-from binders.log.member import Member, PartitionsCallback, Start, _Group
+from binders.log.member import Member, MembershipFactory, PartitionsCallback, Start, _Group
 from binders.log.storage import (
     Entry,
     LogFactory,
@@ -105,22 +114,33 @@ class Broker:
         self._closed = False
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._membership = getattr(self._storage, "membership", None)
         try:
             for topic_name, count in self._storage.topics().items():
-                topic = self._topics[topic_name] = Topic(topic_name)
+                topic = self._topics[topic_name] = Topic(topic_name, self._membership)
                 topic._logs.extend(self._open_log(topic_name, p) for p in range(count))
+            opened = getattr(self._storage, "opened", None)
+            if opened is not None:
+                opened()  # recovery is over: other processes may open the storage now
         except BaseException:
             self.close()  # releases what was opened, the storage included
             raise
         interval = self._storage.maintenance_interval
         if interval is not None:
-            self._housekeeper = threading.Thread(
-                target=self._housekeep,
-                args=(interval,),
-                name="binder-log-housekeeping",
-                daemon=True,
-            )
-            self._housekeeper.start()
+            self._housekeeper = self._thread(self._housekeep, interval, "housekeeping")
+        watch = getattr(self._storage, "watch_interval", None)
+        if watch is not None:
+            self._watcher = self._thread(self._watch, watch, "watch")
+
+    def _thread(
+        self, target: Callable[[float], None], interval: float, what: str
+    ) -> threading.Thread:
+        thread = threading.Thread(
+            target=target, args=(interval,), name=f"binder-log-{what}", daemon=True
+        )
+        thread.start()
+        return thread
 
     @classmethod
     def named(cls, name: str, factory: Callable[[], Broker] | None = None) -> Broker:
@@ -238,6 +258,41 @@ class Broker:
             except Exception:
                 log.exception("log: housekeeping of broker %r failed", self.name)
 
+    def watch(self, topics: bool = True) -> None:
+        """Adopt other processes' appends and group changes now (also done on a timer).
+
+        ``topics``: also adopt topics other processes created or grew (a listing of
+        the storage; the timer asks for it once a second).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            if topics:
+                for name, count in self._storage.topics().items():
+                    self._grow_locked(self._topic_locked(name), count)
+            for topic in self._topics.values():
+                self._watch_topic_locked(topic)
+
+    def _watch_topic_locked(self, topic: Topic) -> None:
+        for partition, partition_log in enumerate(topic._logs):
+            refresh = getattr(partition_log, "refresh", None)
+            if refresh is not None and refresh():
+                for member in topic._members:
+                    if member._waiter is not None and partition in member._held:
+                        member._wake_locked()
+        for group in topic._groups.values():
+            group.check_locked()
+
+    def _watch(self, interval: float) -> None:
+        every = max(1, round(1.0 / interval))
+        for tick in itertools.count(1):
+            if self._stopping.wait(interval):
+                return
+            try:
+                self.watch(topics=tick % every == 0)
+            except Exception:
+                log.exception("log: watching broker %r failed", self.name)
+
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[StoredRecord]:
         """Up to ``max_records`` records of a partition from ``offset`` (for inspection)."""
         with self._lock:
@@ -312,8 +367,7 @@ class Broker:
             member = Member(self, found, group, start, static, on_revoke, on_assign)
             found._members.append(member)
             if member._group is not None:
-                member._group.members.append(member)
-                member._group.nudge_locked(member)
+                member._group.add_locked(member)
             member._acquire_locked(member._desired_locked())
             return member
 
@@ -334,8 +388,9 @@ class Broker:
                     partition_log.close()
             self._offsets.close()
             self._storage.close()
-        if self._housekeeper is not None and self._housekeeper is not threading.current_thread():
-            self._housekeeper.join()
+        for thread in (self._housekeeper, self._watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -344,7 +399,7 @@ class Broker:
     def _topic_locked(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
-            topic = self._topics[name] = Topic(name)
+            topic = self._topics[name] = Topic(name, self._membership)
             self._grow_locked(topic, 1)
         return topic
 
@@ -380,13 +435,14 @@ class Broker:
 class Topic:
     """A topic's partitions and who reads them; changed only under its broker's lock."""
 
-    __slots__ = ("_groups", "_logs", "_members", "name")
+    __slots__ = ("_groups", "_logs", "_members", "_membership", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, membership: MembershipFactory | None = None) -> None:
         self.name = name
         self._logs: list[PartitionLog] = []
         self._members: list[Member] = []
         self._groups: dict[str, _Group] = {}
+        self._membership = membership
 
     @property
     def partition_count(self) -> int:
@@ -395,7 +451,8 @@ class Topic:
     def _group_locked(self, name: str) -> _Group:
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = _Group(name)
+            shared = None if self._membership is None else self._membership(self.name, name)
+            group = self._groups[name] = _Group(name, shared)
         return group
 
     def __repr__(self) -> str:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from binder.errors import BackendError
 from binder.wakeup import wake
+from binders.log.membership import member_id
 from binders.log.storage import StoredRecord
 
 if TYPE_CHECKING:
     from binders.log.engine import Broker, Topic
 
-__all__ = ["Member", "PartitionsCallback", "Start"]
+__all__ = ["Member", "MembershipFactory", "PartitionsCallback", "SharedGroup", "Start"]
 
 log = logging.getLogger("binders.log")
 
@@ -28,17 +29,63 @@ Start = Literal["earliest", "latest"]
 PartitionsCallback = Callable[[set[int]], Awaitable[None]]
 
 
+class SharedGroup(Protocol):
+    """A group's members and partition owners across processes (:mod:`binders.log.membership`)."""
+
+    def join(self, member: str) -> None: ...
+    def leave(self, member: str) -> None: ...
+    def live(self) -> list[str]: ...
+    def own(self, partition: int) -> bool: ...
+    def disown(self, partition: int) -> None: ...
+    def close(self) -> None: ...
+
+
+MembershipFactory = Callable[[str, str], SharedGroup]
+"""``(topic, group)`` → the group's :class:`SharedGroup` (a storage's ``membership``)."""
+
+
 class _Group:
-    """The dynamic members of one group on one topic, and which member holds which partition."""
+    """The dynamic members of one group on one topic, and which member holds which partition.
 
-    __slots__ = ("holders", "members", "name")
+    With ``shared`` (several processes), the assignment is computed over every
+    live member's id, sorted, and a partition is held only with its owner lock.
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("holders", "ids", "members", "name", "shared")
+
+    def __init__(self, name: str, shared: SharedGroup | None = None) -> None:
         self.name = name
         self.members: list[Member] = []
         self.holders: dict[int, Member] = {}
+        self.shared = shared
+        self.ids: list[str] = []
 
-    def nudge_locked(self, source: Member) -> None:
+    def add_locked(self, member: Member) -> None:
+        self.members.append(member)
+        if self.shared is not None:
+            self.shared.join(member.id)
+            self.ids = self.shared.live()
+        self.nudge_locked(member)
+
+    def remove_locked(self, member: Member) -> None:
+        self.members.remove(member)
+        if self.shared is not None:
+            self.shared.leave(member.id)
+            self.ids = [i for i in self.ids if i != member.id]
+        self.nudge_locked(member)
+
+    def check_locked(self) -> None:
+        """Re-list the live members elsewhere; re-check assignments that changed or wait."""
+        if self.shared is None:
+            return
+        ids = self.shared.live()
+        changed, self.ids = ids != self.ids, ids
+        for member in self.members:
+            if changed or member._held.keys() != member._desired_locked():
+                member._stale = True
+                member._wake_locked()
+
+    def nudge_locked(self, source: Member | None) -> None:
         """Make every other member re-check its assignment in its next poll (a new generation)."""
         for member in self.members:
             if member is not source:
@@ -69,6 +116,7 @@ class Member:
         self.topic = topic.name
         self.group = group
         self.static = static
+        self.id = member_id()
         self._broker = broker
         self._lock = broker._lock
         self._topic = topic
@@ -226,15 +274,21 @@ class Member:
             return set(range(self.static[0], count, self.static[1]))
         if self._group is None:
             return set(range(count))
+        if self._group.shared is not None:
+            ids = self._group.ids
+            return set(range(ids.index(self.id), count, len(ids))) if self.id in ids else set()
         members = self._group.members
         return set(range(members.index(self), count, len(members)))
 
     def _acquire_locked(self, desired: set[int]) -> None:
         holders = None if self._group is None else self._group.holders
+        shared = None if self._group is None else self._group.shared
         for partition in sorted(desired - self._held.keys()):
             if holders is not None:
                 if partition in holders:
                     continue  # its holder releases it in its next poll, then nudges us
+                if shared is not None and not shared.own(partition):
+                    continue  # another process holds it; the watch retries
                 holders[partition] = self
             self._held[partition] = self._start_locked(partition)
             self._unannounced.add(partition)
@@ -263,6 +317,8 @@ class Member:
             self._unannounced.discard(partition)
             if self._group is not None and self._group.holders.get(partition) is self:
                 del self._group.holders[partition]
+                if self._group.shared is not None:
+                    self._group.shared.disown(partition)
         self._order = sorted(self._held)
         if self._group is not None:
             self._group.nudge_locked(self)
@@ -317,8 +373,9 @@ class Member:
         self._topic._members.remove(self)
         group = self._group
         if group is not None:
-            group.members.remove(self)
-            group.nudge_locked(self)
+            group.remove_locked(self)
             if not group.members and self._topic._groups.get(group.name) is group:
                 del self._topic._groups[group.name]
+                if group.shared is not None:
+                    group.shared.close()
         self._wake_locked()

@@ -275,6 +275,37 @@ class Segment:
         if max_ts > self.max_ts:
             self.max_ts = max_ts
 
+    def catch_up(self) -> int:
+        """Adopt whole batches other processes appended past this view; the file's size now.
+
+        Stops before bytes that are no valid batch (yet): a write in progress
+        elsewhere, or a torn tail, which only a writer holding the partition
+        lock may cut (see :meth:`cut_to_view`).
+        """
+        fd = self._reader()
+        size = os.fstat(fd).st_size
+        if size <= self.size:
+            return size
+        found = scan(fd, size, self.base, self.size, self.end)
+        if found.damage:  # keep only what precedes the first bad bytes
+            found = scan(fd, found.damage[0].position, self.base, self.size, self.end)
+        if found.valid_bytes > self.size:
+            self.offsets.extend(found.offsets)
+            self.positions.extend(found.positions)
+            if found.positions:
+                self._last_indexed = found.positions[-1]
+            self.size, self.end = found.valid_bytes, found.end
+            self.max_ts = max(self.max_ts, found.max_ts)
+            if self.first_ts is None:
+                self.first_ts = found.first_ts
+        return size
+
+    def cut_to_view(self) -> None:
+        """Cut bytes past this view (a dead writer's torn tail); call holding the partition lock."""
+        fd = self._writer()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, self.size)
+
     def truncate(self, size: int) -> None:
         """Cut the ``.log`` file to ``size`` bytes (recovery of a torn tail)."""
         fd = os.open(self.path, os.O_RDWR)

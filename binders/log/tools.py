@@ -92,19 +92,19 @@ def _check_format(root: Path, survey: _Survey) -> None:
         survey.problems.append(f"{root} holds format {found!r}; this release reads {FORMAT}")
 
 
-def _in_use(root: Path) -> str | None:
-    """The pid holding the directory open, if some process does."""
+def _in_use(root: Path) -> bool:
+    """Whether some process has the directory open (it holds ``lock``, shared)."""
     try:
         fd = os.open(root / "lock", os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return True
     finally:
         os.close(fd)
-    return None
+    return False
 
 
 def _table(rows: list[list[str]]) -> Iterator[str]:
@@ -126,8 +126,8 @@ def inspect(root: Path, out: TextIO | None = None) -> int:
         print(f"{root}: no such directory", file=out)
         return 2
     survey = _survey(root, full=False)
-    pid = _in_use(root)
-    print(f"log directory {root}" + (f" (open in process {pid})" if pid else ""), file=out)
+    busy = _in_use(root)
+    print(f"log directory {root}" + (" (open in a running process)" if busy else ""), file=out)
     ends: dict[tuple[str, int], int] = {}
     rows = [["topic", "partition", "start", "end", "records", "segments", "bytes"]]
     for part in survey.partitions:
@@ -175,9 +175,8 @@ def verify(root: Path, out: TextIO | None = None) -> int:
     if not root.is_dir():
         print(f"{root}: no such directory", file=out)
         return 2
-    pid = _in_use(root)
-    if pid:
-        print(f"note: {root} is open in process {pid}; its tails may be mid-append", file=out)
+    if _in_use(root):
+        print(f"note: {root} is open in a running process; its tails may be mid-append", file=out)
     survey = _survey(root, full=True)
     for part in survey.partitions:
         state = "DAMAGED" if part.found.problems else "ok"

@@ -4,6 +4,11 @@
                                  printing each id once its send completed, until killed
 ``procs.py consume PATH``        the group ``g`` on ``orders``, printing each id it handled;
                                  SIGTERM stops it cleanly (drain, commit, close)
+``procs.py append PATH TAG N``   append N batches of 3 records ``TAG:i:j`` to ``orders``/0
+                                 on the engine, then exit
+``procs.py member PATH``         an engine member of group ``g`` on ``orders``, printing
+                                 ``assigned P,..``/``revoked P,..`` and each id it handled
+                                 (committing after each one), until killed
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import time
+from pathlib import Path
 
 from binder import App, Message
+from binders.log.durable import DurableStorage, StorageSettings
+from binders.log.engine import Broker
 
 
 def _app(path: str, bindings: dict, fsync: str = "batch") -> App:
@@ -50,9 +59,41 @@ def consume(path: str) -> None:
     app.run()
 
 
+def _broker(path: str) -> Broker:
+    return Broker("proc", storage=DurableStorage(Path(path), StorageSettings(fsync="never")))
+
+
+def append(path: str, tag: str, count: str) -> None:
+    broker = _broker(path)
+    for i in range(int(count)):
+        batch = [(None, f"{tag}:{i}:{j}".encode(), {}, time.time()) for j in range(3)]
+        broker.append("orders", 0, batch)
+    broker.close()
+
+
+async def member(path: str) -> None:
+    broker = _broker(path)
+
+    async def on_assign(partitions: set[int]) -> None:
+        _say("assigned " + ",".join(map(str, sorted(partitions))))
+
+    async def on_revoke(partitions: set[int]) -> None:
+        _say("revoked " + ",".join(map(str, sorted(partitions))))
+
+    joined = broker.join("orders", "g", on_assign=on_assign, on_revoke=on_revoke)
+    while True:
+        for record in await joined.poll(100):
+            _say(record.value.decode())
+            joined.commit(record.partition, record.offset + 1)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "produce":
         asyncio.run(produce(*args))
+    elif command == "append":
+        append(*args)
+    elif command == "member":
+        asyncio.run(member(*args))
     else:
         consume(*args)

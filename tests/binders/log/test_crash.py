@@ -1,4 +1,7 @@
-"""Real processes, really killed: nothing acknowledged is lost, nothing committed is redone."""
+"""Real processes, really killed: nothing acknowledged is lost, nothing committed is redone.
+
+Also several processes on one path: shared appends, a group spread over processes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -151,3 +154,125 @@ def test_the_killed_producers_directory_reopens_for_an_app(tmp_path: Path) -> No
 
     asyncio.run(more())
     assert -1 in _stored_ids(tmp_path / "log")
+
+
+# -- several processes on one path ------------------------------------------------------------
+
+
+def _eventually(done: Callable[[], bool], what: str) -> None:
+    """Wait for ``done`` across several processes' output (each has its own condition)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not done():
+        assert time.monotonic() < deadline, f"waited for {what}"
+        time.sleep(0.02)
+
+
+def _shared_broker(path: Path) -> Broker:
+    return Broker("test", storage=DurableStorage(path, StorageSettings(fsync="never")))
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.process.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+def test_two_processes_appending_to_one_partition_never_collide(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    path = tmp_path / "log"
+    _shared_broker(path).close()
+    procs += [Proc("append", str(path), tag, "400") for tag in ("a", "b")]
+    for proc in procs:
+        assert proc.process.wait(TIMEOUT) == 0
+    broker = _shared_broker(path)
+    try:
+        records = broker.read("orders", 0, 0, 10_000)
+    finally:
+        broker.close()
+    assert [r.offset for r in records] == list(range(2_400))
+    values = [r.value.decode() for r in records]
+    assert len(set(values)) == 2_400
+    for i in range(0, 2_400, 3):  # each batch whole and in order
+        tag, n, _ = values[i].split(":")
+        assert values[i : i + 3] == [f"{tag}:{n}:{j}" for j in range(3)]
+
+
+def _fill_four(path: Path, ids: range) -> None:
+    broker = _shared_broker(path)
+    broker.create_topic("orders", 4)
+    for i in ids:
+        broker.append("orders", i % 4, [(None, orjson.dumps({"id": i}), {}, time.time())])
+    broker.close()
+
+
+def _member(path: Path, procs: list[Proc]) -> Proc:
+    procs.append(Proc("member", str(path)))
+    return procs[-1]
+
+
+def _ids(proc: Proc) -> list[int]:
+    return [orjson.loads(line)["id"] for line in proc.lines if line.startswith("{")]
+
+
+def _holds(proc: Proc, partitions: str) -> bool:
+    """Whether ``proc``'s last assignment change left it with ``partitions``."""
+    held: set[str] = set()
+    for line in list(proc.lines):
+        if line.startswith("assigned "):
+            held |= set(line.split()[1].split(","))
+        elif line.startswith("revoked "):
+            held -= set(line.split()[1].split(","))
+    return held == set(partitions.split(","))
+
+
+def _settled(path: Path, procs: list[Proc]) -> tuple[Proc, Proc]:
+    _fill_four(path, range(0))
+    first = _member(path, procs)
+    first.wait_until(lambda: _holds(first, "0,1,2,3"), "every partition")
+    second = _member(path, procs)
+    _eventually(lambda: _holds(first, "0,2") and _holds(second, "1,3"), "a split")
+    return first, second
+
+
+def test_a_group_splits_its_partitions_over_two_processes(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    path = tmp_path / "log"
+    first, second = _settled(path, procs)
+    _fill_four(path, range(2_000))
+    _eventually(lambda: len(_ids(first)) + len(_ids(second)) >= 2_000, "every id")
+    assert sorted(_ids(first) + _ids(second)) == list(range(2_000))  # exactly once
+    assert {i % 4 for i in _ids(first)} == {0, 2} and {i % 4 for i in _ids(second)} == {1, 3}
+
+
+def test_a_killed_member_s_partitions_go_to_the_survivor(tmp_path: Path, procs: list[Proc]) -> None:
+    path = tmp_path / "log"
+    first, second = _settled(path, procs)
+    _fill_four(path, range(2_000))
+    _eventually(lambda: len(_ids(second)) >= 200, "the second member at work")
+    second.stop(signal.SIGKILL)
+    _fill_four(path, range(2_000, 3_000))
+    _eventually(lambda: set(_ids(first)) | set(_ids(second)) >= set(range(3_000)), "every id")
+    assert _holds(first, "0,1,2,3")
+    handled = _ids(first) + _ids(second)
+    assert set(handled) == set(range(3_000))
+    assert len(handled) - 3_000 <= 1  # only the one record handled, not committed, comes again
+
+
+def test_a_member_joining_later_triggers_a_rebalance_without_loss(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    path = tmp_path / "log"
+    _fill_four(path, range(2_000))
+    first = _member(path, procs)
+    first.wait_until(lambda: len(_ids(first)) >= 200, "the first member at work")
+    second = _member(path, procs)
+    _fill_four(path, range(2_000, 4_000))
+    _eventually(lambda: _holds(first, "0,2") and _holds(second, "1,3"), "a split")
+    _eventually(lambda: set(_ids(first)) | set(_ids(second)) >= set(range(4_000)), "every id")
+    handled = _ids(first) + _ids(second)
+    assert sorted(handled) == list(range(4_000))  # committed before handing over: no repeats

@@ -88,10 +88,14 @@ def test_per_topic_policies_apply_to_their_topic_only(durable: Durable, tmp_path
     assert len(segments["small"]) > 5 and len(segments["big"]) == 1
 
 
-def test_a_second_open_of_the_same_directory_is_refused(durable: Durable, tmp_path: Path) -> None:
-    durable()
-    with pytest.raises(BackendError, match="in use by another"):
-        DurableStorage(tmp_path / "log", StorageSettings())
+def test_a_second_open_of_the_same_directory_shares_it(durable: Durable, tmp_path: Path) -> None:
+    first = durable()
+    first.append("t", 0, _entries(b"a"))
+    second = durable()
+    assert second.read("t", 0, 0, 10)[0].value == b"a"
+    second.append("t", 0, _entries(b"b"))
+    first.watch()
+    assert [r.value for r in first.read("t", 0, 0, 10)] == [b"a", b"b"]
 
 
 def test_a_directory_of_another_format_is_refused(tmp_path: Path) -> None:
@@ -108,3 +112,29 @@ def test_housekeeping_applies_retention_by_age_on_a_timer(durable: Durable) -> N
     while broker.start_offsets("t") != {0: 1} and time.monotonic() < deadline:
         time.sleep(0.02)
     assert broker.start_offsets("t") == {0: 1} and broker.end_offsets("t") == {0: 1}
+
+
+def test_a_writer_follows_the_rolls_and_retention_of_another(durable: Durable) -> None:
+    policy = TopicPolicy(segment_bytes=200, retention_bytes=600)
+    first, second = durable(policy=policy), durable(policy=policy)
+    for i in range(30):
+        (first if i % 2 else second).append("t", 0, _entries(str(i).encode()))
+    for broker in (first, second):
+        broker.watch()
+        start = broker.start_offsets("t")[0]
+        assert start > 0 and broker.end_offsets("t") == {0: 30}
+        values, offset = [], start
+        while offset < 30:
+            records = broker.read("t", 0, offset, 100)
+            values += [r.value for r in records]
+            offset = records[-1].offset + 1
+        assert values == [str(i).encode() for i in range(start, 30)]
+
+
+def test_topics_another_broker_creates_or_grows_are_adopted(durable: Durable) -> None:
+    first, second = durable(), durable()
+    second.create_topic("t", 3)
+    second.append("t", 2, _entries(b"x"))
+    first.watch()
+    assert first.end_offsets("t") == {0: 0, 1: 0, 2: 1}
+    assert first.read("t", 2, 0, 10)[0].value == b"x"

@@ -74,3 +74,24 @@ def test_the_commit_file_is_compacted_on_open_and_when_it_grows(tmp_path: Path) 
     DiskOffsetStore(tmp_path, None)
     (compacted,) = (tmp_path / "g").glob("*.offsets")
     assert compacted.stat().st_size < 200
+
+
+def test_two_stores_on_one_directory_see_each_other_s_commits(tmp_path: Path) -> None:
+    first = DiskOffsetStore(tmp_path, None)
+    first.commit("g", "t", 0, 5)
+    second = DiskOffsetStore(tmp_path, None, exclusive=False)  # another process, opened later
+    second.commit("g", "t", 1, 7)
+    first.commit("g", "t", 0, 6)
+    assert (first.committed("g", "t", 1), second.committed("g", "t", 0)) == (7, 6)
+    assert read_group_dir(tmp_path / "g")[0] == {("g", "t"): {0: 6, 1: 7}}
+
+
+def test_a_store_follows_a_rotation_made_by_another(tmp_path: Path) -> None:
+    first = DiskOffsetStore(tmp_path, None, rotate_at=10)
+    second = DiskOffsetStore(tmp_path, None, rotate_at=10, exclusive=False)
+    for offset in range(1, 40):
+        (first if offset % 3 else second).commit("g", "t", 0, offset)
+    assert len(list((tmp_path / "g").glob("*.offsets"))) == 1
+    assert second.committed("g", "t", 0) == first.committed("g", "t", 0) == 39
+    second.commit("g", "t", 0, 40)
+    assert DiskOffsetStore(tmp_path, None).committed("g", "t", 0) == 40

@@ -56,12 +56,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_tool(args: argparse.Namespace) -> int:
-    # the log binder's own tools, imported only for this command (the core imports no backend)
-    tools = importlib.import_module("binders.log.tools")
-    return int(tools.main(args.action, args.path))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binder", description="streambinder command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,10 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="the YAML file")
     check.set_defaults(handler=_check)
-    log_tool = commands.add_parser("log", help="inspect or verify a durable log directory")
-    log_tool.add_argument("action", choices=["inspect", "verify"])
-    log_tool.add_argument("path", help="the log binder's path")
-    log_tool.set_defaults(handler=_log_tool)
+    plugins.plugin_manager().hook.binder_add_commands(commands=commands)  # e.g. `binder log`
     return parser
 
 

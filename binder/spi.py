@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import pluggy
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "PROJECT",
     "Binder",
+    "BinderOptions",
     "BinderType",
     "Capabilities",
     "Consumer",
@@ -230,6 +231,17 @@ class Binder(Protocol):
         """Close every client this binder made. Idempotent."""
 
 
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class BinderOptions(BaseModel):
+    """Base of a binder's options model: kebab-case YAML keys (``bootstrap-servers`` for
+    ``bootstrap_servers``), unknown keys refused, attributes settable by name too."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
+
+
 class BinderType(Protocol):
     """A kind of backend, as registered by a plugin (``type: log`` in the YAML)."""
 
@@ -255,6 +267,11 @@ class BinderSpec:
     @hookspec
     def binder_add_binder_types(self) -> Sequence[BinderType]:  # type: ignore[empty-body]
         """Binder types this plugin provides."""
+
+    @hookspec
+    def binder_add_commands(self, commands: Any) -> None:
+        """Add ``binder`` subcommands: ``commands`` is the CLI's argparse subparsers object;
+        each parser sets ``handler`` (a function of the parsed args returning the exit code)."""
 
     @hookspec
     def binder_add_converters(self) -> Sequence[Any]:  # type: ignore[empty-body]

@@ -125,13 +125,11 @@ class TestHarness:
     def _make_binder(self, name: str, entry: Any) -> Binder:
         kinds = plugins.binder_types()
         if self.binder_type is None:
-            from binders.log import LogOptions
-
             broker = self.broker
             if broker is None:  # private to this harness, forgotten when it closes
                 broker = f"test-{uuid.uuid4().hex}-{name}"
                 self._brokers.append(broker)
-            options = LogOptions.model_validate({"broker": broker})
+            options = kinds["log"].options.model_validate({"broker": broker})
             if entry.type == "log":  # keep the app's own log settings (partition counts, ...)
                 options = entry.options.model_copy(update={"broker": broker, "path": None})
             return kinds["log"].create(name, options)

@@ -10,26 +10,21 @@ import os
 from collections.abc import Mapping
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic.alias_generators import to_snake
+from pydantic import Field, SecretStr, model_validator
+
+from binder.spi import BinderOptions
 
 __all__ = ["DEFAULT_BOOTSTRAP_SERVERS", "KafkaOptions"]
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 
 
-def _kebab(name: str) -> str:
-    return to_snake(name).replace("_", "-")
-
-
 def _bootstrap_default() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
 
 
-class KafkaOptions(BaseModel):
+class KafkaOptions(BinderOptions):
     """One Kafka cluster: connection, provisioning, producer and consumer settings."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
 
     # -- connection -------------------------------------------------------------------------
     bootstrap_servers: str = Field(default_factory=_bootstrap_default)

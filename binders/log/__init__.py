@@ -7,15 +7,38 @@ Registered through the ``binder`` entry-point group like any third-party binder.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from binder.spi import BinderType, hookimpl
 from binders.log.binder import LOG_BINDER_TYPE, LogBinder
 from binders.log.options import LogOptions
 
-__all__ = ["LOG_BINDER_TYPE", "LogBinder", "LogOptions", "binder_add_binder_types"]
+__all__ = [
+    "LOG_BINDER_TYPE",
+    "LogBinder",
+    "LogOptions",
+    "binder_add_binder_types",
+    "binder_add_commands",
+]
 
 
 @hookimpl
 def binder_add_binder_types() -> Sequence[BinderType]:
     return [LOG_BINDER_TYPE]
+
+
+@hookimpl
+def binder_add_commands(commands: Any) -> None:
+    """``binder log inspect|verify PATH``."""
+    log_tool = commands.add_parser("log", help="inspect or verify a durable log directory")
+    log_tool.add_argument("action", choices=["inspect", "verify"])
+    log_tool.add_argument("path", help="the log binder's path")
+    log_tool.set_defaults(handler=_log_tool)
+
+
+def _log_tool(args: argparse.Namespace) -> int:
+    from binders.log import tools  # only for this command
+
+    return int(tools.main(args.action, args.path))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_snake
+from pydantic import Field, model_validator
+
+from binder.spi import BinderOptions
 
 __all__ = ["LogOptions", "TopicOptions"]
 
@@ -13,13 +14,7 @@ MAX_SEGMENT_BYTES = 1 << 31
 """Index positions are 32-bit: a segment stays below 2 GiB."""
 
 
-def _kebab(name: str) -> str:
-    return to_snake(name).replace("_", "-")
-
-
-class _Retention(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
-
+class _Retention(BinderOptions):
     @model_validator(mode="after")
     def _hard_above_soft(self) -> Self:
         hard = getattr(self, "retention_hard_bytes", None)

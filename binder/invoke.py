@@ -102,17 +102,14 @@ class Invoker:
     def run(self, record: InboundRecord, attempt: int) -> list[Output]:
         """Process one record with a fully synchronous pipeline."""
         if self._simple:  # the hot path: one stage taking the payload
-            headers = record.headers
-            content_type = headers.get(CONTENT_TYPE)
-            decode = self._decoders.get(content_type) or self._decoder(content_type)
-            payload = decode(record.value)
+            payload = self.payload(record)
             try:
                 result = self._fn(payload)
             except ConversionError:
                 raise
             except Exception as exc:
                 raise _handler_error(self._first, exc) from exc
-            return self._simple_outputs(result, record)
+            return self._outputs(result, record.key, record.headers)
         result = _call(self._first, self.argument(record, attempt))
         key, headers = decode_key(record.key), record.headers
         for stage in self._rest:
@@ -122,27 +119,17 @@ class Invoker:
             result = _call(stage, _next_argument(stage, result, key, headers))
         return self._outputs(result, key, headers)
 
-    def _simple_outputs(self, result: Any, record: InboundRecord) -> list[Output]:
-        if result is None or not self._has_output:
-            return []
-        if type(result) is not dict and isinstance(result, Message):
-            return [(result.payload, result.key, result.headers)]
-        return [(result, record.key, propagated_headers(record.headers))]
-
     async def run_async(self, record: InboundRecord, attempt: int) -> list[Output]:
         """Process one record; async stages are awaited, sync ones run off the loop."""
         if self._simple and self._first.is_async:  # the hot path: one async stage, payload
-            headers = record.headers
-            content_type = headers.get(CONTENT_TYPE)
-            decode = self._decoders.get(content_type) or self._decoder(content_type)
-            payload = decode(record.value)
+            payload = self.payload(record)
             try:
                 result = await self._fn(payload)
             except ConversionError:
                 raise
             except Exception as exc:
                 raise _handler_error(self._first, exc) from exc
-            return self._simple_outputs(result, record)
+            return self._outputs(result, record.key, record.headers)
         result = await _acall(self._first, self.argument(record, attempt))
         key, headers = decode_key(record.key), record.headers
         for stage in self._rest:
@@ -198,9 +185,9 @@ class Invoker:
     # -- results ----------------------------------------------------------------------------
 
     def _outputs(self, result: Any, key: Any, headers: dict[str, str]) -> list[Output]:
-        if result is None or not self.pipeline.has_output:
+        if result is None or not self._has_output:
             return []
-        if isinstance(result, Message):
+        if type(result) is not dict and isinstance(result, Message):
             return [(result.payload, result.key, result.headers)]
         return [(result, key, propagated_headers(headers))]
 

@@ -10,15 +10,19 @@ deletes what the test declared once it ends.
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from binder.spi import BinderType, Capabilities
-from binder.testing.conformance.support import Conformance, binder_type_of, run
+from binder.testing.conformance.support import (
+    Conformance,
+    binder_type_of,
+    run,
+    unique_group,
+    unique_name,
+)
 
 __all__ = ["binder_type", "capabilities", "conformance", "dest", "group"]
 
@@ -38,14 +42,13 @@ def capabilities(binder_type: BinderType) -> Capabilities:
 @pytest.fixture
 def dest(request: pytest.FixtureRequest) -> str:
     """A destination name no other test uses: ``cf-<test name>-<random>``."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
-    return f"cf-{name.strip('-')[:40]}-{uuid.uuid4().hex[:8]}"
+    return unique_name(request, "cf")
 
 
 @pytest.fixture
 def group() -> str:
     """A consumer group name no other test uses."""
-    return f"g{uuid.uuid4().hex[:10]}"
+    return unique_group()
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import reprlib
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -51,6 +53,8 @@ __all__ = [
     "partition_of",
     "require",
     "run",
+    "unique_group",
+    "unique_name",
 ]
 
 T = TypeVar("T")
@@ -312,3 +316,14 @@ async def fetch_records(
             f"timed out after {timeout}s: {len(records)} of {count} record(s) fetched"
         ) from None
     return records
+
+
+def unique_name(request: pytest.FixtureRequest, prefix: str) -> str:
+    """A destination name no other test uses: ``<prefix>-<test name>-<random>``."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
+    return f"{prefix}-{name.strip('-')[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def unique_group() -> str:
+    """A consumer group name no other test uses."""
+    return f"g{uuid.uuid4().hex[:10]}"

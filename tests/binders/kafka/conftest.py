@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from binder.testing.conformance.support import Conformance, run
+from binder.testing.conformance.support import Conformance, run, unique_group, unique_name
 from binders.kafka.testing import FAST_GROUPS
 
 
@@ -30,10 +28,9 @@ def kafka(kafka_config: dict[str, Any]) -> Iterator[Conformance]:
 @pytest.fixture
 def topic(request: pytest.FixtureRequest) -> str:
     """A topic name no other test uses."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
-    return f"kt-{name.strip('-')[:40]}-{uuid.uuid4().hex[:8]}"
+    return unique_name(request, "kt")
 
 
 @pytest.fixture
 def group() -> str:
-    return f"g{uuid.uuid4().hex[:10]}"
+    return unique_group()

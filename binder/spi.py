@@ -150,6 +150,10 @@ class Producer(Protocol):
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
         """Send ``records`` in order, pipelined; return once the backend accepted all of them.
 
+        Records are handed to the backend before the first ``await`` of the call, so
+        concurrent calls keep the order in which they were made (the core relies on it:
+        ``app.send`` delivers one batch per loop iteration without waiting for the last).
+
         On failure some may have been accepted (at-least-once: the caller resends all).
         """
 

@@ -9,7 +9,7 @@ headers explicitly. In batch mode a returned list sends one message per item.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from binder.converters import JSON, ConverterRegistry, Target, _identity, mime_base
@@ -59,6 +59,13 @@ class Invoker:
         self._simple = not self._wants_message and not self._rest
         self._has_output = pipeline.has_output
         self._fn = self._first.fn
+        self.direct: Callable[[Any], Awaitable[Any]] | None = (
+            self._fn if self._simple and self._first.is_async else None
+        )
+        """The function itself when the pipeline is one async stage taking the payload:
+        a binding then awaits ``direct(payload(record))`` in its own loop, with no
+        per-message wrapper, and maps what it raises with :meth:`failure` and what it
+        returns with :meth:`outputs`."""
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -183,6 +190,19 @@ class Invoker:
         return Invoker.single_output(result, key, headers)
 
     # -- results ----------------------------------------------------------------------------
+
+    def failure(self, exc: Exception) -> Exception:
+        """What a failure of the first stage becomes: a ConversionError stays as it is,
+        anything else a HandlerError naming the function (caused by ``exc``)."""
+        if isinstance(exc, ConversionError):
+            return exc
+        error = _handler_error(self._first, exc)
+        error.__cause__ = exc
+        return error
+
+    def outputs(self, result: Any, key: Any, headers: dict[str, str]) -> list[Output]:
+        """What the pipeline's ``result`` for an input with ``key`` and ``headers`` sends."""
+        return self._outputs(result, key, headers)
 
     def _outputs(self, result: Any, key: Any, headers: dict[str, str]) -> list[Output]:
         if result is None or not self._has_output:

@@ -191,7 +191,11 @@ class Consumer(Protocol):
         """Acknowledge ``records``: they are never delivered to this group again.
 
         The core calls it only for records whose processing finished, in offset
-        order per partition. Idempotent for records already committed.
+        order per partition. Idempotent for records already committed. A binder
+        may finish the acknowledgement in the background (coalescing later calls
+        into one request), provided it is done before the partitions are given up
+        in a rebalance and before :meth:`close` returns, and a failure is raised
+        from a later call; a crash in between redelivers (at least once).
         """
 
     def pause(self) -> None:
@@ -201,7 +205,8 @@ class Consumer(Protocol):
         """Undo :meth:`pause`."""
 
     async def close(self) -> None:
-        """Leave the group without committing anything more. Idempotent.
+        """Leave the group, after acknowledgements already accepted by :meth:`commit`
+        are done, without committing anything more. Idempotent.
 
         Records fetched but not committed are redelivered to the group.
         """

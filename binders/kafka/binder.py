@@ -92,7 +92,8 @@ class KafkaBinder:
         creating = self._default_partitions(spec.destination)
         count = await self.admin.ensure_topic(spec.destination, 1, creating)
         client = AIOKafkaConsumer(**self._connection, **self._consumer_settings(spec))
-        consumer = KafkaConsumer(client, spec, listener, self._servers)
+        flush_timeout = self.options.request_timeout_ms / 1000
+        consumer = KafkaConsumer(client, spec, listener, self._servers, flush_timeout)
         try:
             await asyncio.wait_for(consumer.open(count), self._join_timeout())
         except TimeoutError:

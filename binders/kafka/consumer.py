@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
 
+from binder.errors import BackendError
 from binder.spi import ConsumerSpec, InboundRecord, RebalanceListener
-from binders.kafka.errors import backend_errors
+from binders.kafka.errors import CLIENT_ERRORS, backend_error, backend_errors
 
 __all__ = ["KafkaConsumer"]
 
@@ -32,6 +33,9 @@ log = logging.getLogger("binders.kafka.consumer")
 
 _POLL_MS = 1000
 """Longest one ``getmany`` waits; ``fetch`` loops, so this only bounds how often it looks up."""
+
+_NO_HEADERS: dict[str, str] = {}
+"""Shared by every record without headers: the core copies headers, it never changes them."""
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -48,8 +52,10 @@ class KafkaConsumer(ConsumerRebalanceListener):
         spec: ConsumerSpec,
         listener: RebalanceListener,
         servers: str,
+        flush_timeout: float = 40.0,
     ) -> None:
         self._client = client
+        self._flush_timeout = flush_timeout
         self._spec = spec
         self._topic = spec.destination
         self._listener = listener
@@ -58,6 +64,9 @@ class KafkaConsumer(ConsumerRebalanceListener):
         self._settled = asyncio.Event()  # cleared while a rebalance moves partitions
         self._settled.set()
         self._closed = False
+        self._finished: dict[int, int] = {}  # partition → last finished offset, not committed
+        self._committing: asyncio.Task[None] | None = None
+        self._commit_error: BackendError | None = None
 
     @property
     def closed(self) -> bool:
@@ -101,18 +110,18 @@ class KafkaConsumer(ConsumerRebalanceListener):
         return []
 
     def _records(self, batch: Batch) -> list[InboundRecord]:
-        topic, records = self._topic, []
+        topic, make, records = self._topic, InboundRecord, []
         decoded: dict[Any, dict[str, str]] = {}  # this fetch's distinct header sets
         for tp, taken in batch.items():
             partition = tp.partition
             records += [
-                InboundRecord(
+                make(
                     topic,
                     partition,
                     r.offset,
-                    r.value if r.value is not None else b"",
+                    r.value or b"",
                     r.key,
-                    _headers_of(r.headers, decoded),
+                    _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
                     r.timestamp / 1000,
                 )
                 for r in taken
@@ -127,32 +136,62 @@ class KafkaConsumer(ConsumerRebalanceListener):
                 self._client.seek(tp, taken[0].offset)
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
-        """Commit offset + 1 of the last record per partition (records come in offset order).
+        """Note offset + 1 of the last record per partition (records come in offset order)
+        and commit it in the background, coalesced with later calls.
 
-        Partitions this member no longer owns are skipped: their records are delivered
-        again to the new owner (at least once).
+        At most one commit request is in flight; what finishes meanwhile goes in the
+        next one, so a commit never holds up processing and a burst of chunks costs
+        one round trip. Everything noted is flushed before partitions are revoked and
+        on close. A commit that failed (other than to a rebalance) is raised here on
+        the next call, its offsets kept for the next attempt. Partitions this member no
+        longer owns are skipped: their records go to the new owner again (at least once).
         """
         if self._spec.group is None or not records:
             return
-        last: dict[int, int] = {}
+        if self._commit_error is not None:
+            error, self._commit_error = self._commit_error, None
+            raise error
+        finished = self._finished
         for record in records:
-            assert record.offset is not None
-            last[record.partition] = record.offset
-        assigned = self._client.assignment()
-        offsets = {
-            tp: offset + 1
-            for partition, offset in last.items()
-            if (tp := TopicPartition(self._topic, partition)) in assigned
-        }
-        if len(offsets) < len(last):
-            log.info("%s: not committing partitions no longer owned", self._describe())
-        if not offsets:
-            return
+            finished[record.partition] = record.offset  # type: ignore[assignment]
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_finished())
+
+    async def _commit_finished(self) -> None:
+        """Commit what :meth:`commit` noted, again while more was noted meanwhile."""
         try:
-            with backend_errors(self._servers, f"commit on {self._topic!r}"):
-                await self._client.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("%s: commit lost to a rebalance: %s", self._describe(), exc)
+            while self._finished and not self._closed:
+                finished, self._finished = self._finished, {}
+                assigned = self._client.assignment()
+                offsets = {
+                    tp: offset + 1
+                    for partition, offset in finished.items()
+                    if (tp := TopicPartition(self._topic, partition)) in assigned
+                }
+                if len(offsets) < len(finished):
+                    log.info("%s: not committing partitions no longer owned", self._describe())
+                if not offsets:
+                    continue
+                try:
+                    await self._client.commit(offsets)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    log.warning("%s: commit lost to a rebalance: %s", self._describe(), exc)
+                except CLIENT_ERRORS as exc:
+                    for partition, offset in finished.items():  # keep them for the next try
+                        self._finished.setdefault(partition, offset)
+                    self._commit_error = backend_error(
+                        self._servers, f"commit on {self._topic!r}", exc
+                    )
+                    return
+        finally:
+            self._committing = None
+
+    async def flush(self) -> None:
+        """Wait until everything noted by :meth:`commit` is committed (or failed)."""
+        if self._committing is None and self._finished and self._commit_error is None:
+            self._committing = asyncio.create_task(self._commit_finished())  # kept after a failure
+        while self._committing is not None:
+            await asyncio.shield(self._committing)
 
     def pause(self) -> None:
         self._paused = True
@@ -166,7 +205,23 @@ class KafkaConsumer(ConsumerRebalanceListener):
         """Leave the group; what was not committed goes to the group again. Idempotent."""
         if self._closed:
             return
+        try:
+            await asyncio.wait_for(self.flush(), self._flush_timeout)
+        except TimeoutError:
+            self._commit_error = BackendError(
+                f"kafka at {self._servers}: commit on {self._topic!r} not done "
+                f"within {self._flush_timeout:.0f}s"
+            )
+        if self._commit_error is not None:
+            log.error(
+                "%s: closing with finished records not committed (they will be delivered "
+                "again): %s",
+                self._describe(),
+                self._commit_error,
+            )
         self._closed = True
+        if self._committing is not None:
+            self._committing.cancel()
         with backend_errors(self._servers, f"close consumer of {self._topic!r}"):
             await self._client.stop()
 
@@ -178,6 +233,7 @@ class KafkaConsumer(ConsumerRebalanceListener):
         partitions = {tp.partition for tp in revoked}
         if partitions:
             await self._listener.on_revoked(partitions)
+            await self.flush()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self._paused and assigned:
@@ -192,8 +248,6 @@ class KafkaConsumer(ConsumerRebalanceListener):
 def _headers_of(headers: Any, decoded: dict[Any, dict[str, str]]) -> dict[str, str]:
     """Decoded headers, shared by the records of one fetch that carry the same ones (most
     carry just ``contentType``); the core never mutates a record's headers."""
-    if not headers:
-        return {}
     try:
         found = decoded.get(headers)
     except TypeError:  # not hashable: decode it alone

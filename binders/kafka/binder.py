@@ -85,7 +85,8 @@ class KafkaBinder:
                 with backend_errors(self._servers, action):
                     client = AIOKafkaProducer(**self._connection, **self.options.producer())
                     await _started(client)
-                self._producer, self._sends = client, SendQueue(client)
+                self._producer = client
+                self._sends = SendQueue(client, self.options.max_request_size)
             return self._sends
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> KafkaConsumer:

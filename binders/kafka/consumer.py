@@ -114,18 +114,21 @@ class KafkaConsumer(ConsumerRebalanceListener):
         decoded: dict[Any, dict[str, str]] = {}  # this fetch's distinct header sets
         for tp, taken in batch.items():
             partition = tp.partition
-            records += [
-                make(
-                    topic,
-                    partition,
-                    r.offset,
-                    r.value or b"",
-                    r.key,
-                    _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
-                    r.timestamp / 1000,
+            taken.reverse()
+            pop, add = taken.pop, records.append
+            while taken:  # each client record freed as its own is made: fewer GC passes
+                r = pop()
+                add(
+                    make(
+                        topic,
+                        partition,
+                        r.offset,
+                        r.value or b"",
+                        r.key,
+                        _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
+                        r.timestamp / 1000,
+                    )
                 )
-                for r in taken
-            ]
         return records
 
     def _put_back(self, batch: Batch) -> None:

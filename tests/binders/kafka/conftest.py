@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -34,3 +34,30 @@ def topic(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def group() -> str:
     return unique_group()
+
+
+PlainRead = Callable[[str, int, int], Awaitable[list[Any]]]
+
+
+@pytest.fixture
+def plain_read(kafka_bootstrap_servers: str) -> PlainRead:
+    """``await plain_read(topic, partitions, count)``: what a plain aiokafka consumer
+    (no group, from the earliest offset) sees, at least ``count`` records."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read(topic: str, partitions: int, count: int) -> list[Any]:
+        client = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap_servers, auto_offset_reset="earliest"
+        )
+        await client.start()
+        try:
+            client.assign([TopicPartition(topic, p) for p in range(partitions)])
+            seen: list[Any] = []
+            while len(seen) < count:
+                for records in (await client.getmany(timeout_ms=2000)).values():
+                    seen.extend(records)
+            return seen
+        finally:
+            await client.stop()
+
+    return read

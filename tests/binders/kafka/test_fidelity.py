@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from binder.spi import OutboundRecord
 from binder.testing.conformance.support import Conformance, fetch_records, partition_of, run
@@ -13,23 +13,8 @@ HEADERS = {"trace-id": "t-1", "x-note": "ünïcødé ☃ 𝄞", "empty": "", "co
 KEYS: list[bytes | None] = [b"\xff\x00\xfe binary", "ключ".encode(), b"", None]
 
 
-async def _raw_read(servers: str, topic: str, partitions: int, count: int) -> list[Any]:
-    """What a plain aiokafka consumer sees on ``topic``."""
-    client = AIOKafkaConsumer(bootstrap_servers=servers, auto_offset_reset="earliest")
-    await client.start()
-    try:
-        client.assign([TopicPartition(topic, p) for p in range(partitions)])
-        seen: list[Any] = []
-        while len(seen) < count:
-            for records in (await client.getmany(timeout_ms=2000)).values():
-                seen.extend(records)
-        return seen
-    finally:
-        await client.stop()
-
-
 def test_binder_records_arrive_exactly_for_a_plain_client(
-    kafka: Conformance, kafka_config: dict[str, Any], topic: str
+    kafka: Conformance, plain_read: Any, topic: str
 ) -> None:
     sent = [OutboundRecord(f"v{n}".encode(), key, HEADERS) for n, key in enumerate(KEYS)]
 
@@ -37,7 +22,7 @@ def test_binder_records_arrive_exactly_for_a_plain_client(
         await kafka.provision(topic, 4)
         async with kafka.binder() as binder:
             await kafka.send_raw(binder, topic, sent)
-        return await _raw_read(kafka_config["bootstrap-servers"], topic, 4, len(sent))
+        return await plain_read(topic, 4, len(sent))
 
     seen = {record.value: record for record in run(scenario())}
     for record in sent:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -237,19 +238,29 @@ def _binder(servers: str) -> Binder:
 # -- the run ------------------------------------------------------------------------------
 
 
-async def _round(servers: str, n: int) -> dict[str, float]:
+CONSUMERS = {"raw": raw_consume, "app": binder_consume, "spi": spi_consume}
+CONSUME_PASSES = 3
+"""Consuming N records takes a fraction of a second here, where a stall of a few
+milliseconds shows: each round reads the topic this many times per consumer, the
+consumers' order turned each pass."""
+
+
+async def _round(servers: str, n: int) -> dict[str, list[float]]:
     raw_topic, binder_topic = (f"bench-{kind}-{uuid.uuid4().hex[:8]}" for kind in "rb")
     for topic in (raw_topic, binder_topic):
         await _create(servers, topic)
     figures = {
-        "produce raw": await raw_produce(servers, raw_topic, n),
-        "produce raw-batches": await raw_produce_batches(servers, raw_topic, n),
-        "produce app": await binder_produce(servers, binder_topic, n),
-        "produce spi": await spi_produce(servers, binder_topic, n),
-        "consume raw": await raw_consume(servers, raw_topic, n),
-        "consume app": await binder_consume(servers, raw_topic, n),
-        "consume spi": await spi_consume(servers, raw_topic, n),
+        "produce raw": [await raw_produce(servers, raw_topic, n)],
+        "produce raw-batches": [await raw_produce_batches(servers, raw_topic, n)],
+        "produce app": [await binder_produce(servers, binder_topic, n)],
+        "produce spi": [await spi_produce(servers, binder_topic, n)],
     }
+    order = list(CONSUMERS)
+    for _ in range(CONSUME_PASSES):
+        for side in order:
+            figure = await CONSUMERS[side](servers, raw_topic, n)
+            figures.setdefault(f"consume {side}", []).append(figure)
+        order = order[1:] + order[:1]
     await _delete(servers, raw_topic, binder_topic)
     return figures
 
@@ -284,17 +295,28 @@ ROWS = [
 def main(n: int) -> None:
     with _broker() as servers:
         rounds = [asyncio.run(_round(servers, n)) for _ in range(ROUNDS)]
-    best = {case: max(r[case] for r in rounds) for case in rounds[0]}
+    samples = {case: [f for r in rounds for f in r[case]] for case in rounds[0]}
+    best = {case: max(figures) for case, figures in samples.items()}
+    median = {case: statistics.median(figures) for case, figures in samples.items()}
     print(
         f"\nKafka binder vs raw aiokafka, {n:,} keyed {len(VALUE)}-byte messages, "
-        f"{PARTITIONS} partitions, broker {servers} (best of {ROUNDS} rounds)"
+        f"{PARTITIONS} partitions, broker {servers}: best (median) of {ROUNDS} runs producing, "
+        f"{ROUNDS * CONSUME_PASSES} consuming"
     )
-    print(f"{'work':8} {'binder side':28} {'raw msg/s':>10} {'binder msg/s':>13} {'ratio':>6}")
+    print(f"{'work':8} {'binder side':28} {'raw msg/s':>18} {'binder msg/s':>18} {'ratio':>12}")
     for work, side, label in ROWS:
-        raw, ours = best[f"{work} raw"], best[f"{work} {side}"]
-        print(f"{work:8} {label:28} {raw:10,.0f} {ours:13,.0f} {ours / raw:6.2f}")
+        raw, ours = f"{work} raw", f"{work} {side}"
+        print(
+            f"{work:8} {label:28} {_pair(best[raw], median[raw]):>18} "
+            f"{_pair(best[ours], median[ours]):>18} "
+            f"{best[ours] / best[raw]:5.2f} ({median[ours] / median[raw]:.2f})"
+        )
     batches, app = best["produce raw-batches"], best["produce app"]
     print(
         f"for reference: raw aiokafka's batch API (create_batch/send_batch) {batches:,.0f} "
         f"msg/s; app.send reaches {app / batches:.2f} of it"
     )
+
+
+def _pair(best: float, median: float) -> str:
+    return f"{best / 1000:,.0f}k ({median / 1000:,.0f}k)"

@@ -77,6 +77,12 @@ class Invoker:
             decode = self._decoder(content_type)
         return decode(record.value)
 
+    def decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
+        """bytes → adapted payload for records with ``content_type`` (``None``: without
+        one, so the binding's own)."""
+        decode = self._decoders.get(content_type)
+        return decode if decode is not None else self._decoder(content_type)
+
     def _decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
         """bytes → adapted payload for one content type; a few are kept (bounded)."""
         base = self._content_type if content_type is None else mime_base(content_type)

@@ -25,13 +25,14 @@ from binder.message import (
     ORIGINAL_PARTITION,
     Message,
 )
-from binder.spi import InboundRecord
+from binder.spi import InboundRecord, OutboundRecord
 from binder.testing.conformance.support import TIMEOUT, Conformance, Inbox, require, run
 
 __all__ = [
     "test_dead_letter_carries_the_original_and_why_it_failed",
     "test_invalid_model_is_dead_lettered_without_retries",
     "test_non_retryable_exception_is_dead_lettered_at_once",
+    "test_records_without_headers_are_read_with_the_binding_content_type",
     "test_retries_respect_attempts_and_backoff",
     "test_undecodable_payload_is_dead_lettered_and_does_not_block",
 ]
@@ -237,6 +238,41 @@ def test_undecodable_payload_is_dead_lettered_and_does_not_block(
     assert original.value == raw
     _check_letter(conformance, letter, original, dest, group, "ConversionError")
     assert letter.headers[CONTENT_TYPE] == "application/json", "original headers are kept"
+
+
+def test_records_without_headers_are_read_with_the_binding_content_type(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """What a plain client sends (no ``contentType``) is decoded as the binding's content
+    type; one that does not decode is dead-lettered and the rest flow on."""
+    require(conformance.capabilities, "consumer_groups")
+    values = [b'{"id": 1}', b"not json", b'{"id": 3}']
+
+    async def scenario() -> tuple[list[Any], InboundRecord]:
+        dlq = conformance.dead_letters(dest, group)
+        await conformance.provision(dest, 1)
+        await conformance.provision(dlq, 1)
+        options = {"back-off-initial-interval": NEVER, "back-off-max-interval": NEVER}
+        app = conformance.app({"plain-in-0": _retrying(dest, group, options)})
+        handled: Inbox[Any] = Inbox()
+
+        @app.consumer
+        async def plain(order: dict[str, Any]) -> None:
+            handled.add(order)
+
+        async with app:
+            async with conformance.binder() as binder:
+                records = [OutboundRecord(value, b"one-key") for value in values]
+                await conformance.send_raw(binder, dest, records)
+            await handled.wait_until(lambda items: {"id": 3} in items, "the record after")
+        (letter,) = await conformance.read_raw(dlq, f"{group}-inspect", 1)
+        return handled.items, letter
+
+    handled, letter = run(scenario())
+    assert handled == [{"id": 1}, {"id": 3}]
+    assert letter.value == b"not json"
+    assert letter.headers[EXCEPTION_TYPE].endswith("ConversionError")
+    assert CONTENT_TYPE not in letter.headers, "the original had none"
 
 
 def test_invalid_model_is_dead_lettered_without_retries(

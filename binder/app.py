@@ -9,7 +9,7 @@ import logging
 import re
 import signal
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -111,8 +111,11 @@ class App:
             self._check_binding_names()
             for pipeline in self._pipelines:
                 await self._bind(pipeline)
-            for binding in self._bindings.values():
-                await binding.start()
+            bindings = list(self._bindings.values())
+            await _all([b.start() for b in bindings if not isinstance(b, SupplierBinding)])
+            for binding in bindings:  # suppliers once what they feed can receive
+                if isinstance(binding, SupplierBinding):
+                    await binding.start()
         except BaseException:
             await self.stop()
             raise
@@ -356,6 +359,19 @@ class App:
             return self._binder_factory(name, entry)
         kind = plugins.binder_types()[entry.type]
         return kind.create(name, entry.options)
+
+
+async def _all(starts: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``starts`` concurrently (joining consumer groups one after another would add
+    up their join delays); at the first failure cancel the rest, wait, and raise it."""
+    tasks = [asyncio.ensure_future(start) for start in starts]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _check_consumer_capabilities(binder: Binder, config: BindingConfig, path: str) -> None:

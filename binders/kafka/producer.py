@@ -113,7 +113,8 @@ class SendQueue:
             if queued[-1].append(timestamp=None, key=r.key, value=r.value, headers=headers):
                 continue
             queued.append(client.create_batch())  # full: the record starts the next batch
-            queued[-1].append(timestamp=None, key=r.key, value=r.value, headers=headers)
+            if not queued[-1].append(timestamp=None, key=r.key, value=r.value, headers=headers):
+                raise MessageSizeTooLargeError("an empty record batch refused a record")
             if r.partition is None and r.key is None:
                 sticky = (sticky + 1) % count  # Kafka's sticky partitioner moves on, too
         self._sticky[topic] = sticky + 1

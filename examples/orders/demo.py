@@ -3,23 +3,33 @@
 The pipeline runs on the durable log in ``examples/orders/data``: run the demo
 again and every group resumes where it stopped (interrupt it with Ctrl-C and
 the next run finishes the leftovers first). ``--clean`` starts from an empty log.
+
+``--kafka`` runs the same code on the Kafka binder instead (only the default binder
+changes): on ``$KAFKA_BOOTSTRAP_SERVERS``, else on a Tansu broker started for the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from binders.log.binder import durable_broker_name
 from binders.log.engine import Broker
-from examples.orders.app import app, ledger
+
+if TYPE_CHECKING:
+    from binder import App
+    from examples.orders.app import Ledger
 
 CUSTOMERS = [f"c-{region}{n:03d}" for region in range(3) for n in range(40)]
 GROUPS = {  # group → the destination it reads
@@ -49,7 +59,7 @@ def make_order(order_id: int, rng: random.Random) -> dict | bytes:
     return {"id": order_id, "customer_id": rng.choice(CUSTOMERS), "items": items}
 
 
-def progress(sent: int, total: int, started: float) -> str:
+def progress(ledger: Ledger, sent: int, total: int, started: float) -> str:
     elapsed = max(time.perf_counter() - started, 1e-9)
     done = ledger.billed + sum(ledger.rejected.values())
     bar = "#" * min(30, int(30 * done / total))
@@ -59,7 +69,7 @@ def progress(sent: int, total: int, started: float) -> str:
     )
 
 
-def log_path() -> Path | None:
+def log_path(app: App) -> Path | None:
     """The durable log's directory, when the app's binder has one."""
     options = app.config.binders[app.config.default_binder or "local"].options
     path = getattr(options, "path", None)
@@ -86,8 +96,8 @@ def positions(broker: Broker) -> dict[str, Position]:
     return found
 
 
-async def run(total: int, seed: int) -> None:
-    path = log_path()
+async def run(app: App, ledger: Ledger, total: int, seed: int) -> None:
+    path = log_path(app)
     async with app:
         broker = Broker.named(durable_broker_name(path)) if path else None
         before = positions(broker) if broker else None
@@ -99,15 +109,15 @@ async def run(total: int, seed: int) -> None:
             await asyncio.gather(
                 *(app.send("orders", make_order(first_id + i, rng), key=None) for i in batch)
             )
-            sys.stdout.write(progress(batch[-1] + 1, total, started))
+            sys.stdout.write(progress(ledger, batch[-1] + 1, total, started))
             sys.stdout.flush()
-        await _finish(broker, total, started)
+        await _finish(ledger, broker, total, started)
         elapsed = time.perf_counter() - started
         after = positions(broker) if broker else None
-    _summary(total, elapsed, path, before, after)
+    _summary(ledger, total, elapsed, path, before, after)
 
 
-async def _finish(broker: Broker | None, total: int, started: float) -> None:
+async def _finish(ledger: Ledger, broker: Broker | None, total: int, started: float) -> None:
     """Wait until every group committed everything on its destination (in memory: counts)."""
 
     def busy() -> bool:
@@ -120,11 +130,12 @@ async def _finish(broker: Broker | None, total: int, started: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("\nthe pipeline stopped making progress")
         await asyncio.sleep(0.1)
-        sys.stdout.write(progress(total, total, started))
+        sys.stdout.write(progress(ledger, total, total, started))
         sys.stdout.flush()
 
 
 def _summary(
+    ledger: Ledger,
     total: int,
     elapsed: float,
     path: Path | None,
@@ -168,18 +179,38 @@ def _summary(
     print("  (--clean starts over from an empty log)")
 
 
+@contextlib.contextmanager
+def kafka() -> Iterator[None]:
+    """Make Kafka the default binder, on ``$KAFKA_BOOTSTRAP_SERVERS`` or a Tansu of our own."""
+    os.environ["BINDER_DEFAULT_BINDER"] = "kafka"
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        print(f"on Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+        yield
+        return
+    from binders.kafka.testing import Tansu
+
+    with Tansu() as servers:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = servers
+        print(f"on Kafka: a Tansu broker started for this run at {servers} (memory only)")
+        yield
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # dead letters are counted below, not logged
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--orders", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clean", action="store_true", help="delete the log's data first")
+    parser.add_argument("--kafka", action="store_true", help="run on the Kafka binder")
     args = parser.parse_args()
-    path = log_path()
-    if args.clean and path is not None and path.exists():
-        shutil.rmtree(path)
-        print(f"removed {path}/")
-    asyncio.run(run(args.orders, args.seed))
+    with kafka() if args.kafka else contextlib.nullcontext():
+        from examples.orders.app import app, ledger  # the app reads the environment: after kafka()
+
+        path = log_path(app)
+        if args.clean and path is not None and path.exists():
+            shutil.rmtree(path)
+            print(f"removed {path}/")
+        asyncio.run(run(app, ledger, args.orders, args.seed))
 
 
 if __name__ == "__main__":

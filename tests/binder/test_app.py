@@ -17,7 +17,9 @@ import pytest
 from pydantic import BaseModel
 
 from binder import App, BinderError, BindingState, ConfigError, Message
+from binder.errors import BackendError
 from binder.partitioning import select_partition
+from binders.log.binder import LOG_BINDER_TYPE
 from binders.log.engine import Broker
 
 TIMEOUT = 2.0
@@ -439,6 +441,76 @@ def test_failed_start_leaves_the_app_stopped() -> None:
     assert app.bindings == {}
     with pytest.raises(BinderError, match="not running"):
         asyncio.run(app.send("x", 1))
+
+
+class _JoiningBinder:
+    """An in-memory log binder whose consumers take ``delay`` to join (as a Kafka group
+    join does), failing for ``fail``; it counts the consumers left open."""
+
+    def __init__(self, name: str, delay: float, fail: str | None = None) -> None:
+        self._binder = LOG_BINDER_TYPE.create(
+            name, LOG_BINDER_TYPE.options.model_validate({"broker": f"joins-{id(self)}"})
+        )
+        self._delay, self._fail = delay, fail
+        self.open: set[Any] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._binder, name)
+
+    async def consumer(self, spec: Any, listener: Any) -> Any:
+        if spec.destination == self._fail:
+            raise BackendError(f"cannot join on {spec.destination}")
+        await asyncio.sleep(self._delay)
+        consumer = await self._binder.consumer(spec, listener)
+        self.open.add(consumer)
+        close = consumer.close
+
+        async def closed() -> None:
+            self.open.discard(consumer)
+            await close()
+
+        consumer.close = closed
+        return consumer
+
+
+def _three_consumers() -> App:
+    bindings = {f"{n}-in-0": {"destination": n, "group": "g"} for n in ("a", "b", "c")}
+    app = App(config={"binder": {"bindings": bindings}}, environ={})
+    for name in ("a", "b", "c"):
+        app.consumer(lambda value: None, name=name)
+    return app
+
+
+def test_input_bindings_start_concurrently() -> None:
+    app = _three_consumers()
+    app._binder_factory = lambda name, entry: _JoiningBinder(name, delay=0.4)
+
+    async def scenario() -> float:
+        started = time.perf_counter()
+        async with app:
+            return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 1.0, "three 0.4 s joins one after another take 1.2 s"
+
+
+def test_a_binding_failing_to_start_stops_the_others_and_raises_its_error() -> None:
+    app = _three_consumers()
+    binders: list[_JoiningBinder] = []
+
+    def make(name: str, entry: Any) -> _JoiningBinder:
+        binders.append(_JoiningBinder(name, delay=0.2, fail="b"))
+        return binders[-1]
+
+    app._binder_factory = make
+
+    async def scenario() -> None:
+        async with app:
+            pass
+
+    with pytest.raises(BackendError, match="cannot join on b"):
+        asyncio.run(scenario())
+    assert app.bindings == {}
+    assert [b.open for b in binders] == [set()], "no consumer is left open"
 
 
 # -- runtime control -------------------------------------------------------------------------

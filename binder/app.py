@@ -61,6 +61,8 @@ class App:
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, OutputBinding] = {}
         self._send_outputs: OrderedDict[tuple[str, str], OutputBinding] = OrderedDict()
+        self._opening: dict[str, list[tuple[Any, Any, Any, asyncio.Future[None]]]] = {}
+        self._openers: set[asyncio.Future[None]] = set()  # the tasks opening them
         self._bindings: dict[str, InputBinding | SupplierBinding] = {}
         self._pipelines: list[Pipeline] = []
         self._started = False
@@ -122,6 +124,10 @@ class App:
 
     async def stop(self) -> None:
         """Stop suppliers, drain and commit inputs, close producers and binders. Idempotent."""
+        openers = list(self._openers)
+        for opener in openers:  # first sends still waiting for their output are abandoned
+            opener.cancel()
+        await asyncio.gather(*openers, return_exceptions=True)
         bindings = list(self._bindings.values())
         for binding in sorted(bindings, key=lambda b: not isinstance(b, SupplierBinding)):
             await _quietly(binding.stop())
@@ -179,13 +185,39 @@ class App:
         output = self._outputs.get(name) or self._cached_send_output(name)
         if output is not None:
             return output.submit(payload, key, headers)
-        return asyncio.ensure_future(self._first_send(name, payload, key, headers))
+        return self._first_send(name, payload, key, headers)
 
-    async def _first_send(
+    def _first_send(
         self, name: str, payload: Any, key: Any, headers: Mapping[str, Any] | None
-    ) -> None:
-        output = await self._send_output(name)
-        await output.submit(payload, key, headers)
+    ) -> asyncio.Future[None]:
+        """Queue a send while ``name``'s output opens (once, however many sends wait for
+        it); the queue is submitted in call order before any later send can overtake it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._opening.get(name)
+        if waiting is None:
+            waiting = self._opening[name] = []
+            task = asyncio.ensure_future(self._open_for_sends(name))
+            self._openers.add(task)
+            task.add_done_callback(self._openers.discard)
+        waiting.append((payload, key, headers, future))
+        return future
+
+    async def _open_for_sends(self, name: str) -> None:
+        try:
+            output = await self._send_output(name)
+        except BaseException as exc:
+            for *_, future in self._opening.pop(name, []):
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for payload, key, headers, future in self._opening.pop(name, []):
+            _chain(output.submit(payload, key, headers), future)
 
     def _cached_send_output(self, name: str) -> OutputBinding | None:
         for cached in ((name, "binding"), (name, "destination")):
@@ -359,6 +391,22 @@ class App:
             return self._binder_factory(name, entry)
         kind = plugins.binder_types()[entry.type]
         return kind.create(name, entry.options)
+
+
+def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    """Complete ``target`` as ``source`` completes."""
+
+    def copy(done: asyncio.Future[None]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif (exc := done.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)
 
 
 async def _all(starts: list[Coroutine[Any, Any, None]]) -> None:

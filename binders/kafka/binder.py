@@ -7,6 +7,7 @@ destination, sends; each input binding has its own consumer client.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,19 +152,48 @@ async def _started(client: AIOKafkaProducer) -> None:
 
 
 def client_settings(name: str, options: KafkaOptions) -> dict[str, Any]:
-    """Connection keyword arguments of every client, the SSL context built from the options."""
+    """Connection keyword arguments of every client, the SSL context built from the options.
+
+    The key's password goes to OpenSSL as a callable, which is asked only for an encrypted
+    ``ssl-keyfile``: so a wrong ``ssl-password`` is told apart from an unreadable file, and
+    a missing one is a ConfigError rather than OpenSSL prompting on the terminal.
+    """
     settings = dict(options.connection())
     if options.security_protocol in ("SSL", "SASL_SSL"):
+        path = f"binder.binders.{name}"
+        secret = f"{path}.ssl-password"
+        asked = False
+
+        def password() -> str:
+            nonlocal asked
+            asked = True
+            if options.ssl_password is None:
+                raise ConfigError("ssl-keyfile is encrypted: set ssl-password", path=secret)
+            return options.ssl_password.get_secret_value()
+
+        for key, file in (
+            ("ssl-cafile", options.ssl_cafile),
+            ("ssl-certfile", options.ssl_certfile),
+            ("ssl-keyfile", options.ssl_keyfile),
+        ):
+            if file is not None and not os.path.isfile(file):
+                raise ConfigError(f"no such file: {file}", path=f"{path}.{key}")
         try:
             context = create_ssl_context(
                 cafile=options.ssl_cafile,
                 certfile=options.ssl_certfile,
                 keyfile=options.ssl_keyfile,
-                password=options.ssl_password.get_secret_value() if options.ssl_password else None,
+                password=password,
             )
         except OSError as exc:
+            if asked:
+                raise ConfigError(
+                    f"ssl-password does not decrypt ssl-keyfile (or the key does not match "
+                    f"ssl-certfile): {exc}",
+                    path=secret,
+                ) from None
             raise ConfigError(
-                f"cannot load the SSL files: {exc}", path=f"binder.binders.{name}.ssl-cafile"
+                f"cannot load ssl-cafile, ssl-certfile or ssl-keyfile: {exc}", path=path
             ) from None
         context.check_hostname = options.ssl_check_hostname
         settings["ssl_context"] = context

@@ -49,19 +49,26 @@ class BrokerError(RuntimeError):
 
 
 class Tansu:
-    """Tansu (memory storage) on ``127.0.0.1:<free port>``; ``servers`` once started."""
+    """Tansu (memory storage) on ``127.0.0.1:<free port>``; ``servers`` once started.
 
-    def __init__(self, port: int | None = None) -> None:
+    ``advertised_port`` is the port the broker tells clients to use (in metadata), for a
+    proxy in front of it; by default its own ``port``.
+    """
+
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         self.port = port or _free_port()
+        self.advertised_port = advertised_port or self.port
         self.servers = f"127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._drain_thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._output: collections.deque[str] = collections.deque(maxlen=20)
 
     def start(self) -> str:
         """Start the broker; return its bootstrap servers once it accepts connections."""
-        url = f"tcp://{self.servers}"
-        command = [_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        listen = ["--listener-url", f"tcp://{self.servers}"]
+        advertise = ["--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"]
+        command = [_binary(), "broker", *listen, *advertise]
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -70,7 +77,9 @@ class Tansu:
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        drain = threading.Thread(target=self._drain, name="tansu-output", daemon=True)
+        drain = self._drain_thread = threading.Thread(
+            target=self._drain, name="tansu-output", daemon=True
+        )
         drain.start()
         if not self._ready.wait(START_TIMEOUT) or self._process.poll() is not None:
             self.stop()
@@ -95,14 +104,19 @@ class Tansu:
     def stop(self) -> None:
         """Terminate the broker (kill it if it lingers). Idempotent."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._drain_thread is not None:
+            self._drain_thread.join(5)  # it reads to the end of the output, then stops
+        if process.stdout is not None:
+            process.stdout.close()
 
     def __enter__(self) -> str:
         return self.start()

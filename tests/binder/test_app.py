@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from binder import App, BinderError, BindingState, ConfigError, Message
 from binder.errors import BackendError
 from binder.partitioning import select_partition
+from binder.spi import ConsumerSpec
 from binders.log.binder import LOG_BINDER_TYPE
 from binders.log.engine import Broker
 
@@ -511,6 +513,48 @@ def test_a_binding_failing_to_start_stops_the_others_and_raises_its_error() -> N
         asyncio.run(scenario())
     assert app.bindings == {}
     assert [b.open for b in binders] == [set()], "no consumer is left open"
+
+
+class _SlowProvisioning(_JoiningBinder):
+    """Connecting and provisioning take a while, as with Kafka; provisions are counted."""
+
+    provisioned = 0
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.05)
+        await self._binder.start()
+
+    async def provision(self, *args: Any, **kwargs: Any) -> None:
+        type(self).provisioned += 1
+        await asyncio.sleep(0.05)
+        await self._binder.provision(*args, **kwargs)
+
+
+def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None:
+    app = App(config={"binder": {"bindings": {}}}, environ={})
+    made: list[_SlowProvisioning] = []
+    app._binder_factory = lambda name, entry: made.append(_SlowProvisioning(name, 0)) or made[-1]
+    _SlowProvisioning.provisioned = 0
+
+    async def scenario() -> list[Any]:
+        async with app:
+            await asyncio.gather(*(app.send("fresh", n, key="k") for n in range(50)))
+            consumer = await made[0].consumer(ConsumerSpec("fresh", "reader"), _NoListener())
+            records = await consumer.fetch()
+            await consumer.close()
+            return [json.loads(r.value) for r in records]
+
+    assert asyncio.run(scenario()) == list(range(50))
+    assert len(made) == 1, "one binder started"
+    assert _SlowProvisioning.provisioned == 1, "one output opened, not one per waiting send"
+
+
+class _NoListener:
+    async def on_revoked(self, partitions: set[int]) -> None:
+        return None
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        return None
 
 
 # -- runtime control -------------------------------------------------------------------------

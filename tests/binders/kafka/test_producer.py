@@ -87,3 +87,17 @@ def _runs(numbers: list[int]) -> list[list[int]]:
         else:
             out.append([n])
     return out
+
+
+def test_the_first_sends_to_a_new_topic_keep_call_order(
+    kafka: Conformance, plain_read: Any, topic: str
+) -> None:
+    """Sends made while the topic is still being created wait for it together, in order."""
+
+    async def scenario() -> list[Any]:
+        async with kafka.app() as app:
+            kafka.declare(topic)
+            await asyncio.gather(*(app.send(topic, n, key="one-key") for n in range(200)))
+        return await plain_read(topic, 1, 200)
+
+    assert [int(r.value) for r in run(scenario())] == list(range(200))

@@ -142,7 +142,7 @@ class Provisioner:
         try:
             coordinator = await self._admin.find_coordinator(group)
             # AIOKafkaAdminClient has no public call for DeleteGroups (API 42).
-            await self._admin._send_request(DeleteGroupsRequest([group]), coordinator)
+            await self._admin._send_request(_delete_groups([group]), coordinator)
         except KafkaError as exc:
             log.debug("could not delete group %s: %s", group, exc)
 
@@ -182,3 +182,10 @@ def _first_error(entries: Sequence[Sequence[Any]]) -> tuple[int, str | None]:
     for entry in entries:
         return int(entry[1]), (str(entry[2]) if len(entry) > 2 and entry[2] else None)
     return 0, None
+
+
+def _delete_groups(groups: list[str]) -> Any:
+    """A DeleteGroups request: aiokafka before 0.13 has a class per version, later one class."""
+    if isinstance(DeleteGroupsRequest, list):
+        return DeleteGroupsRequest[0](groups)
+    return DeleteGroupsRequest(groups)

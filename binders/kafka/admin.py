@@ -17,7 +17,7 @@ from aiokafka.errors import CommitFailedError, IncompatibleBrokerVersion, KafkaE
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from binder.errors import BackendError, ConfigError
-from binders.kafka.errors import backend_errors
+from binders.kafka.errors import backend_errors, connect_errors
 from binders.kafka.options import KafkaOptions
 
 __all__ = ["Provisioner"]
@@ -41,7 +41,7 @@ class Provisioner:
 
     async def start(self) -> None:
         """Connect; BackendError naming the broker when it cannot be reached."""
-        with backend_errors(self._servers, "connect"):
+        with connect_errors(self._servers):
             await self._admin.start()
 
     async def close(self) -> None:

@@ -49,6 +49,10 @@ class Provisioner:
 
     # -- topics -----------------------------------------------------------------------------
 
+    def known(self) -> Mapping[str, int]:
+        """Partition counts of the topics this binder has provisioned or looked up."""
+        return self._known
+
     async def ensure_topic(self, topic: str, partitions: int, create_with: int = 0) -> int:
         """Make ``topic`` exist with at least ``partitions``; its partition count.
 

@@ -69,13 +69,25 @@ class KafkaBinder:
 
     def _default_partitions(self, destination: str) -> int:
         """The fewest partitions this binder creates ``destination`` with."""
-        if destination.endswith(".dlq"):
+        if not destination.endswith(".dlq"):
+            return self.options.default_partition_count
+        if self.options.dlq_partition_count != "same":
             return self.options.dlq_partition_count
-        return self.options.default_partition_count
+        return self._source_partitions(destination) or 1
+
+    def _source_partitions(self, dlq: str) -> int | None:
+        """Partitions of the topic ``dlq`` receives dead letters of: the longest topic this
+        binder knows whose name ``dlq`` extends (``<topic>.<group>.dlq``); it consumed that
+        topic before any dead letter, so it knows it."""
+        known = self.admin.known()
+        sources = [topic for topic in known if dlq.startswith(f"{topic}.") and topic != dlq]
+        return known[max(sources, key=len)] if sources else None
 
     async def producer(self, spec: ProducerSpec) -> KafkaProducer:
         await self.provision(spec.destination, spec.partition_count)
-        return KafkaProducer(await self._send_queue(), spec.destination, self._servers)
+        keep = spec.destination.endswith(".dlq") and self.options.dlq_partition_count == "same"
+        partitions = self.admin.known().get(spec.destination) if keep else None
+        return KafkaProducer(await self._send_queue(), spec.destination, self._servers, partitions)
 
     async def _send_queue(self) -> SendQueue:
         async with self._producer_lock:

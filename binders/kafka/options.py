@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -55,8 +55,10 @@ class KafkaOptions(BinderOptions):
     default_partition_count: int = Field(1, ge=1)
     """The fewest partitions of a topic the binder creates (for a consumer, an ad-hoc
     ``app.send``, or a binding asking for fewer)."""
-    dlq_partition_count: int = Field(1, ge=1)
-    """The same for a dead-letter topic (a destination ending in ``.dlq``)."""
+    dlq_partition_count: Annotated[int, Field(ge=1)] | Literal["same"] = "same"
+    """Partitions of a dead-letter topic the binder creates (a destination ending in
+    ``.dlq``): ``same`` as the topic whose messages it receives, each dead letter going to
+    its original partition (as Spring Cloud Stream does), or a number (1: one partition)."""
 
     # -- producer ---------------------------------------------------------------------------
     acks: Literal[0, 1, -1, "all"] = "all"

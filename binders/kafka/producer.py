@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from itertools import zip_longest
@@ -29,6 +30,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from binder.errors import ClosedError
+from binder.message import ORIGINAL_PARTITION
 from binder.partitioning import select_partition
 from binder.spi import OutboundRecord
 from binders.kafka.errors import CLIENT_ERRORS, backend_error
@@ -170,10 +172,13 @@ class KafkaProducer:
     (murmur2 of the key, the same function as the core's).
     """
 
-    def __init__(self, queue: SendQueue, topic: str, servers: str) -> None:
+    def __init__(
+        self, queue: SendQueue, topic: str, servers: str, original_partitions: int | None = None
+    ) -> None:
         self._queue = queue
         self._topic = topic
         self._servers = servers
+        self._original_partitions = original_partitions
         self._closed = False
 
     async def send(self, record: OutboundRecord) -> None:
@@ -184,10 +189,22 @@ class KafkaProducer:
             raise ClosedError(f"kafka producer for {self._topic!r} is closed")
         if not records:
             return
+        if self._original_partitions is not None:
+            records = [self._to_original_partition(r) for r in records]
         try:
             await self._queue.send(self._topic, records)
         except CLIENT_ERRORS as exc:
             raise backend_error(self._servers, f"send to {self._topic!r}", exc) from exc
+
+    def _to_original_partition(self, record: OutboundRecord) -> OutboundRecord:
+        """A dead letter goes to the partition its original came from, when this topic has it."""
+        original = record.headers.get(ORIGINAL_PARTITION, "")
+        if record.partition is not None or not original.isdigit():
+            return record
+        assert self._original_partitions is not None
+        if int(original) >= self._original_partitions:
+            return record
+        return dataclasses.replace(record, partition=int(original))
 
     async def close(self) -> None:
         """Nothing to flush: every send waited for its acknowledgement. Idempotent."""

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from binder import BackendError, ConfigError
+from binder.message import ORIGINAL_PARTITION
+from binder.spi import OutboundRecord
 from binder.testing.conformance.support import Conformance, Inbox, run
 from binders.kafka.binder import KafkaBinder
 
@@ -151,3 +153,33 @@ def test_default_partition_count_applies_only_to_topics_the_binder_creates(
         assert run(scenario()) == (1, 3)
     finally:
         run(kafka.cleanup())
+
+
+def test_a_dead_letter_topic_has_its_sources_partitions_and_keeps_each_letters_partition(
+    kafka: Conformance, plain_read: Any, topic: str, group: str
+) -> None:
+    """``dlq-partition-count: same`` (the default), as Spring Cloud Stream does it. The
+    poison messages share one key but sit on all four partitions, so a letter placed by its
+    key would not land where its original was."""
+    poison = [OutboundRecord(b'{"n": %d}' % p, b"one-key", {}, p) for p in range(4)]
+    dlq = kafka.dead_letters(topic, group)
+    consumer = {"max-attempts": 1}
+    app = kafka.app({"fail-in-0": {"destination": topic, "group": group, "consumer": consumer}})
+
+    @app.consumer
+    async def fail(payload: Any) -> None:
+        raise ValueError("poison")
+
+    async def scenario() -> tuple[int | None, list[Any]]:
+        await kafka.provision(topic, 4)
+        async with app:
+            async with kafka.binder() as binder:
+                await kafka.send_raw(binder, topic, poison)
+            letters = await plain_read(dlq, 4, len(poison))
+        return await _partitions(kafka, dlq), letters
+
+    partitions, letters = run(scenario())
+    assert partitions == 4, "created with the partitions of the topic it serves"
+    origin = {int(dict(r.headers)[ORIGINAL_PARTITION]) for r in letters}
+    assert origin == {0, 1, 2, 3}
+    assert all(r.partition == int(dict(r.headers)[ORIGINAL_PARTITION]) for r in letters)

@@ -10,13 +10,20 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from binder.spi import BinderOptions
 
 __all__ = ["DEFAULT_BOOTSTRAP_SERVERS", "KafkaOptions"]
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+
+
+def _number_if_numeric(value: object) -> object:
+    """``"1"`` → ``1`` (environment variables are text); anything else as it is."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _bootstrap_default() -> str:
@@ -61,7 +68,8 @@ class KafkaOptions(BinderOptions):
     its original partition (as Spring Cloud Stream does), or a number (1: one partition)."""
 
     # -- producer ---------------------------------------------------------------------------
-    acks: Literal[0, 1, -1, "all"] = "all"
+    acks: Annotated[Literal[0, 1, -1, "all"], BeforeValidator(_number_if_numeric)] = "all"
+    """``0``, ``1``, ``-1`` or ``all``; from an environment variable ``"1"`` is ``1``."""
     linger_ms: int = Field(0, ge=0)
     batch_size: int = Field(16_384, ge=1)
     """Most bytes per partition batch."""

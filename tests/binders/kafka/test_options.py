@@ -62,6 +62,17 @@ def test_a_bad_key_in_an_app_names_its_path() -> None:
         App(config=config, environ={})
 
 
+def test_numeric_settings_from_the_environment_are_read_as_numbers() -> None:
+    environ = {
+        "BINDER_BINDERS__K__ACKS": "1",
+        "BINDER_BINDERS__K__LINGER_MS": "5",
+        "BINDER_BINDERS__K__DLQ_PARTITION_COUNT": "3",
+    }
+    app = App(config={"binder": {"binders": {"k": {"type": "kafka"}}}}, environ=environ)
+    options = app.config.binders["k"].options
+    assert (options.acks, options.linger_ms, options.dlq_partition_count) == (1, 5, 3)
+
+
 def test_binder_check_masks_the_password(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "application.yml"
     config.write_text(

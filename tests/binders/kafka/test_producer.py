@@ -101,3 +101,25 @@ def test_the_first_sends_to_a_new_topic_keep_call_order(
         return await plain_read(topic, 1, 200)
 
     assert [int(r.value) for r in run(scenario())] == list(range(200))
+
+
+@pytest.mark.parametrize("acks", ["1", "all"])
+def test_producer_settings_apply_to_the_batches_it_builds(
+    kafka_config: dict[str, Any], plain_read: Any, topic: str, acks: str
+) -> None:
+    """gzip, a small batch-size and a linger: every record arrives intact, in order."""
+    settings = {"compression-type": "gzip", "batch-size": 2048, "linger-ms": 5, "acks": acks}
+    tuned = Conformance({**kafka_config, **settings})
+    sent = [OutboundRecord(f"{n:04d}".encode() * 25, b"one-key") for n in range(500)]
+
+    async def scenario() -> list[Any]:
+        await tuned.provision(topic, 1)
+        async with tuned.binder() as binder:
+            producer = await binder.producer(ProducerSpec(topic, 1))
+            await producer.send_batch(sent)
+        return await plain_read(topic, 1, len(sent))
+
+    try:
+        assert [r.value for r in run(scenario())] == [r.value for r in sent]
+    finally:
+        run(tuned.cleanup())

@@ -262,3 +262,38 @@ def test_a_member_joining_waits_for_the_chunk_in_hand(
     assert set(tally.seen) == set(range(40))
     twice = {n: count for n, count in tally.seen.items() if count > 1}
     assert not twice, f"handled twice: {twice}"
+
+
+def test_static_membership_joins_and_a_restart_takes_up_where_it_left(
+    kafka_config: dict[str, Any], topic: str, group: str
+) -> None:
+    """With ``group-instance-id`` the member joins as ``<id>-<destination>``; stopped and
+    started again under the same id, it goes on after its last commit."""
+    suite = Conformance({**kafka_config, "group-instance-id": "pod-1"})
+    seen: Inbox[int] = Inbox()
+
+    def member() -> Any:
+        app = suite.app({"static-in-0": {"destination": topic, "group": group}})
+
+        @app.consumer
+        async def static(n: int) -> None:
+            seen.add(n)
+
+        return app
+
+    async def scenario() -> None:
+        await suite.provision(topic, 2)
+        async with suite.app() as sender:
+            async with member():
+                await asyncio.gather(*(sender.send(topic, n, key=f"k{n}") for n in range(10)))
+                await seen.wait_until(lambda items: len(items) >= 10, "the first 10")
+            await asyncio.gather(*(sender.send(topic, n, key=f"k{n}") for n in range(10, 20)))
+            async with member():
+                await seen.wait_until(lambda items: len(items) >= 20, "the next 10")
+                await asyncio.sleep(0.5)  # anything handled twice would show now
+
+    try:
+        run(scenario())
+    finally:
+        run(suite.cleanup())
+    assert sorted(seen.items) == list(range(20)), "each once"

@@ -518,14 +518,16 @@ def test_a_binding_failing_to_start_stops_the_others_and_raises_its_error() -> N
 class _SlowProvisioning(_JoiningBinder):
     """Connecting and provisioning take a while, as with Kafka; provisions are counted."""
 
-    provisioned = 0
+    def __init__(self, name: str, delay: float) -> None:
+        super().__init__(name, delay)
+        self.provisioned = 0
 
     async def start(self) -> None:
         await asyncio.sleep(0.05)
         await self._binder.start()
 
     async def provision(self, *args: Any, **kwargs: Any) -> None:
-        type(self).provisioned += 1
+        self.provisioned += 1
         await asyncio.sleep(0.05)
         await self._binder.provision(*args, **kwargs)
 
@@ -534,7 +536,6 @@ def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None
     app = App(config={"binder": {"bindings": {}}}, environ={})
     made: list[_SlowProvisioning] = []
     app._binder_factory = lambda name, entry: made.append(_SlowProvisioning(name, 0)) or made[-1]
-    _SlowProvisioning.provisioned = 0
 
     async def scenario() -> list[Any]:
         async with app:
@@ -546,7 +547,7 @@ def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None
 
     assert asyncio.run(scenario()) == list(range(50))
     assert len(made) == 1, "one binder started"
-    assert _SlowProvisioning.provisioned == 1, "one output opened, not one per waiting send"
+    assert made[0].provisioned == 1, "one output opened, not one per waiting send"
 
 
 class _NoListener:

@@ -60,7 +60,7 @@ class App:
     def _reset(self) -> None:
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, OutputBinding] = {}
-        self._send_outputs: OrderedDict[tuple[str, str], OutputBinding] = OrderedDict()
+        self._send_outputs: OrderedDict[str, OutputBinding] = OrderedDict()
         self._opening: dict[str, list[tuple[Any, Any, Any, asyncio.Future[None]]]] = {}
         self._openers: set[asyncio.Future[None]] = set()  # the tasks opening them
         self._bindings: dict[str, InputBinding | SupplierBinding] = {}
@@ -220,24 +220,18 @@ class App:
             _chain(output.submit(payload, key, headers), future)
 
     def _cached_send_output(self, name: str) -> OutputBinding | None:
-        for cached in ((name, "binding"), (name, "destination")):
-            output = self._send_outputs.get(cached)
-            if output is not None:
-                self._send_outputs.move_to_end(cached)
-                return output
-        return None
+        output = self._send_outputs.get(name)
+        if output is not None:
+            self._send_outputs.move_to_end(name)
+        return output
 
     async def _send_output(self, name: str) -> OutputBinding:
-        output = self._cached_send_output(name)  # before the slower lookup
-        if output is not None:
-            return output
+        """Open the output ``app.send(name, ...)`` uses (one opener per name at a time): the
+        binding called ``name``, else the destination ``name``. A name means the same thing
+        for the app's whole life, so it is the cache key."""
         binding = self.config.binding(name)
-        cache_key = (name, "binding") if binding else (name, "destination")
         output = await self._output(name, binding or BindingConfig(destination=name))
-        raced = self._send_outputs.get(cache_key)  # concurrent first sends: keep the first
-        if raced is not None:
-            return raced
-        self._send_outputs[cache_key] = output
+        self._send_outputs[name] = output
         if len(self._send_outputs) > _MAX_SEND_OUTPUTS:
             _, evicted = self._send_outputs.popitem(last=False)
             await evicted.close()

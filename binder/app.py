@@ -203,8 +203,13 @@ class App:
         return future
 
     async def _open_for_sends(self, name: str) -> None:
+        """Open the output ``app.send(name, ...)`` uses: the binding called ``name``, else
+        the destination ``name`` (a name means the same for the app's whole life, so it is
+        the cache key). The waiting sends are submitted in the same step as the output is
+        cached, so no later send can overtake them."""
+        binding = self.config.binding(name)
         try:
-            output = await self._send_output(name)
+            output = await self._output(name, binding or BindingConfig(destination=name))
         except BaseException as exc:
             for *_, future in self._opening.pop(name, []):
                 if future.done():
@@ -216,25 +221,17 @@ class App:
             if not isinstance(exc, Exception):
                 raise
             return
+        self._send_outputs[name] = output
         for payload, key, headers, future in self._opening.pop(name, []):
             _chain(output.submit(payload, key, headers), future)
+        if len(self._send_outputs) > _MAX_SEND_OUTPUTS:
+            _, evicted = self._send_outputs.popitem(last=False)
+            await evicted.close()
 
     def _cached_send_output(self, name: str) -> OutputBinding | None:
         output = self._send_outputs.get(name)
         if output is not None:
             self._send_outputs.move_to_end(name)
-        return output
-
-    async def _send_output(self, name: str) -> OutputBinding:
-        """Open the output ``app.send(name, ...)`` uses (one opener per name at a time): the
-        binding called ``name``, else the destination ``name``. A name means the same thing
-        for the app's whole life, so it is the cache key."""
-        binding = self.config.binding(name)
-        output = await self._output(name, binding or BindingConfig(destination=name))
-        self._send_outputs[name] = output
-        if len(self._send_outputs) > _MAX_SEND_OUTPUTS:
-            _, evicted = self._send_outputs.popitem(last=False)
-            await evicted.close()
         return output
 
     # -- introspection and control ----------------------------------------------------------

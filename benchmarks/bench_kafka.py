@@ -17,6 +17,10 @@ consume them all in a consumer group, committing after each fetched batch.
   the binder's producer uses inside: the fastest way to produce with the client, but
   not the way most code is written, so not the target's anchor.
 
+Then latency: one timestamp every 5 ms, raw ``send_and_wait`` → ``getmany`` against
+``await app.send`` → ``@app.consumer``, both with a 10 ms fetch wait (see
+:data:`LATENCY_FETCH_WAIT_MS`).
+
 The binder is faster than the raw client at the same work where it does less per
 message than idiomatic client code: its producer builds record batches itself
 (no coroutine and delivery future per record), its consumer commits in the
@@ -70,11 +74,15 @@ def _keys(n: int) -> list[bytes]:
     return [f"key-{i % 1000}".encode() for i in range(n)]
 
 
-def _app(servers: str, bindings: dict[str, dict[str, object]] | None = None) -> App:
+def _app(
+    servers: str,
+    bindings: dict[str, dict[str, object]] | None = None,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+) -> App:
     kafka = {
         "type": "kafka",
         "bootstrap-servers": servers,
-        "fetch-max-wait-ms": FETCH_MAX_WAIT_MS,
+        "fetch-max-wait-ms": fetch_max_wait_ms,
         **FAST_GROUPS,
     }
     return App(config={"binder": {"binders": {"kafka": kafka}, "bindings": bindings or {}}})
@@ -284,6 +292,89 @@ async def _delete(servers: str, *topics: str) -> None:
         await binder.close()
 
 
+# -- latency ------------------------------------------------------------------------------
+
+LATENCY_MESSAGES = 300
+LATENCY_GAP = 0.005
+LATENCY_FETCH_WAIT_MS = 10
+"""Tansu answers a fetch that found nothing only when its wait runs out (Apache Kafka answers
+as soon as data arrives), so latency there is about half the wait: both sides use 10 ms."""
+
+
+async def raw_latency(servers: str, topic: str) -> list[float]:
+    """``send_and_wait`` a timestamp every 5 ms; a group consumer's ``getmany`` loop."""
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=servers,
+        group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=LATENCY_FETCH_WAIT_MS,
+        session_timeout_ms=FAST_GROUPS["session-timeout-ms"],
+        heartbeat_interval_ms=FAST_GROUPS["heartbeat-interval-ms"],
+    )
+    await producer.start()
+    await consumer.start()
+    seen: list[float] = []
+
+    async def consume() -> None:
+        while len(seen) < LATENCY_MESSAGES:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                seen.extend(time.perf_counter() - float(r.value) for r in records)
+
+    try:
+        await asyncio.sleep(1)  # the consumer owns its partitions and is fetching
+        reading = asyncio.create_task(consume())
+        for _ in range(LATENCY_MESSAGES):
+            await producer.send_and_wait(topic, str(time.perf_counter()).encode())
+            await asyncio.sleep(LATENCY_GAP)
+        await asyncio.wait_for(reading, 30)
+        return seen
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def binder_latency(servers: str, topic: str) -> list[float]:
+    """``await app.send`` of a timestamp every 5 ms; an ``@app.consumer`` in a group."""
+    sink_binding = {"sink-in-0": {"destination": topic, "group": "latency"}}
+    app = _app(servers, sink_binding, fetch_max_wait_ms=LATENCY_FETCH_WAIT_MS)
+    seen: list[float] = []
+    done = asyncio.Event()
+
+    @app.consumer
+    async def sink(sent: float) -> None:
+        seen.append(time.perf_counter() - sent)
+        if len(seen) >= LATENCY_MESSAGES:
+            done.set()
+
+    async with app:
+        await asyncio.sleep(1)
+        for _ in range(LATENCY_MESSAGES):
+            await app.send(topic, time.perf_counter())
+            await asyncio.sleep(LATENCY_GAP)
+        await asyncio.wait_for(done.wait(), 30)
+    return seen
+
+
+async def _latencies(servers: str) -> dict[str, list[float]]:
+    topics = {side: f"bench-latency-{side}-{uuid.uuid4().hex[:8]}" for side in ("raw", "app")}
+    for topic in topics.values():
+        await _create(servers, topic)
+    figures = {
+        "raw": await raw_latency(servers, topics["raw"]),
+        "app": await binder_latency(servers, topics["app"]),
+    }
+    await _delete(servers, *topics.values())
+    return figures
+
+
+def _percentiles(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
+    return f"p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
 ROWS = [
     ("produce", "app", "app.send x N, gathered"),
     ("produce", "spi", "binder producer.send_batch"),
@@ -295,6 +386,7 @@ ROWS = [
 def main(n: int) -> None:
     with _broker() as servers:
         rounds = [asyncio.run(_round(servers, n)) for _ in range(ROUNDS)]
+        latency = asyncio.run(_latencies(servers))
     samples = {case: [f for r in rounds for f in r[case]] for case in rounds[0]}
     best = {case: max(figures) for case, figures in samples.items()}
     median = {case: statistics.median(figures) for case, figures in samples.items()}
@@ -315,6 +407,11 @@ def main(n: int) -> None:
     print(
         f"for reference: raw aiokafka's batch API (create_batch/send_batch) {batches:,.0f} "
         f"msg/s; app.send reaches {app / batches:.2f} of it"
+    )
+    print(
+        f"latency, one message every {LATENCY_GAP * 1000:.0f} ms, fetch wait "
+        f"{LATENCY_FETCH_WAIT_MS} ms: raw send_and_wait → getmany {_percentiles(latency['raw'])}; "
+        f"app.send → @app.consumer {_percentiles(latency['app'])}"
     )
 
 

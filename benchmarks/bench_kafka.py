@@ -48,6 +48,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from binder import App
 from binder.spi import Binder, ConsumerSpec, OutboundRecord, ProducerSpec
+from binder.testing.conformance.support import IdleListener
 from binders.kafka import KAFKA_BINDER_TYPE, KafkaOptions
 from binders.kafka.testing import FAST_GROUPS, Tansu
 
@@ -216,7 +217,7 @@ async def spi_consume(servers: str, topic: str, n: int) -> float:
     await binder.start()
     try:
         spec = ConsumerSpec(topic, f"spi-{uuid.uuid4().hex[:8]}", max_records=500)
-        consumer = await binder.consumer(spec, _NoRebalance())
+        consumer = await binder.consumer(spec, IdleListener())
         handled = 0
         started = time.perf_counter()
         while handled < n:
@@ -226,14 +227,6 @@ async def spi_consume(servers: str, topic: str, n: int) -> float:
         return n / (time.perf_counter() - started)
     finally:
         await binder.close()
-
-
-class _NoRebalance:
-    async def on_revoked(self, partitions: set[int]) -> None:
-        return None
-
-    async def on_assigned(self, partitions: set[int]) -> None:
-        return None
 
 
 def _binder(servers: str) -> Binder:

@@ -210,17 +210,15 @@ class App:
         binding = self.config.binding(name)
         try:
             output = await self._output(name, binding or BindingConfig(destination=name))
-        except BaseException as exc:
+        except Exception as exc:
             for *_, future in self._opening.pop(name, []):
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
+                if not future.done():
                     future.set_exception(exc)
-                else:
-                    future.cancel()
-            if not isinstance(exc, Exception):
-                raise
             return
+        except BaseException:  # cancelled by stop()
+            for *_, future in self._opening.pop(name, []):
+                future.cancel()
+            raise
         self._send_outputs[name] = output
         for payload, key, headers, future in self._opening.pop(name, []):
             _chain(output.submit(payload, key, headers), future)

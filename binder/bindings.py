@@ -19,7 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from binder.converters import _identity
 from binder.errors import BinderError, ConversionError
 from binder.invoke import Invoker
 from binder.ordering import AckTracker, lane_of
@@ -101,7 +100,6 @@ class InputBinding(_Lifecycle):
         self._lanes: list[asyncio.Queue[InboundRecord]] = []
         self._tracker = AckTracker()
         self._fetching = False
-        self._stopping = False  # = self._stop.is_set(), cheaper to read once per message
         self._chunk_done = asyncio.Event()  # one lane: no fetched chunk is being processed
         self._chunk_done.set()
 
@@ -121,7 +119,6 @@ class InputBinding(_Lifecycle):
             return
         self.state, self.error = BindingState.STARTING, None
         self._stop = asyncio.Event()
-        self._stopping = False
         self._tracker = AckTracker()
         self._consumer = await self.binder.consumer(self.spec, self)
         if self.concurrency > 1:
@@ -142,7 +139,6 @@ class InputBinding(_Lifecycle):
             return
         self.state = BindingState.STOPPING
         self._stop.set()
-        self._stopping = True
         fetch_task = self._tasks[-1] if self._tasks else None
         if fetch_task is not None and self._fetching:
             fetch_task.cancel()
@@ -315,23 +311,18 @@ class InputBinding(_Lifecycle):
         self, records: Sequence[InboundRecord]
     ) -> tuple[int, list, BaseException | None]:
         """The hot path of :meth:`_attempt_async`: one async function taking the payload,
-        awaited here directly (no wrapper coroutine per message); a record without
-        headers is decoded with the binding's content type without a lookup."""
+        awaited here directly (no wrapper coroutine per message)."""
         invoker, encode = self.invoker, self._encode
         fn, payload = invoker.direct, invoker.payload
         assert fn is not None
         plain = invoker.decoder(None)
-        raw = plain is _identity
-        one_lane = not self._lanes  # several lanes drain the chunk (see _stopping_check)
+        stopping = self._stopping_check()
         outgoing: list[OutboundRecord] = []
         for done, record in enumerate(records):
-            if one_lane and self._stopping:
+            if stopping():
                 return done, outgoing, None
             try:
-                if record.headers:
-                    value = payload(record)
-                else:
-                    value = record.value if raw else plain(record.value)
+                value = payload(record) if record.headers else plain(record.value)
                 result = await fn(value)
             except Exception as exc:
                 return done, outgoing, invoker.failure(exc)

@@ -54,6 +54,7 @@ from binder._settings_env import (
     with_key_hints,
 )
 from binder.errors import ConfigError, ExpressionError
+from binder.spi import kebab
 
 if TYPE_CHECKING:
     from pydantic import ModelWrapValidatorHandler
@@ -108,17 +109,12 @@ def _load_state() -> _LoadState:
 # --- models -----------------------------------------------------------------------------
 
 
-def _kebab(name: str) -> str:
-    """The YAML key of attribute ``name``."""
-    return name.replace("_", "-")
-
-
 class _Model(BaseModel):
     """Base of the settings models: kebab-case keys, unknown keys refused with a hint."""
 
     model_config = ConfigDict(
         extra="forbid",
-        alias_generator=_kebab,
+        alias_generator=kebab,
         populate_by_name=True,
         coerce_numbers_to_str=True,
     )
@@ -366,7 +362,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         extra="forbid",
-        alias_generator=_kebab,
+        alias_generator=kebab,
         populate_by_name=True,
         case_sensitive=True,
     )

@@ -240,7 +240,8 @@ class Binder(Protocol):
         """Close every client this binder made. Idempotent."""
 
 
-def _kebab(name: str) -> str:
+def kebab(name: str) -> str:
+    """The YAML key of attribute ``name`` (``bootstrap_servers`` → ``bootstrap-servers``)."""
     return name.replace("_", "-")
 
 
@@ -248,7 +249,7 @@ class BinderOptions(BaseModel):
     """Base of a binder's options model: kebab-case YAML keys (``bootstrap-servers`` for
     ``bootstrap_servers``), unknown keys refused, attributes settable by name too."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", alias_generator=kebab, populate_by_name=True)
 
 
 class BinderType(Protocol):

@@ -21,6 +21,7 @@ from binder import App, BinderError, BindingState, ConfigError, Message
 from binder.errors import BackendError
 from binder.partitioning import select_partition
 from binder.spi import ConsumerSpec
+from binder.testing.conformance.support import IdleListener
 from binders.log.binder import LOG_BINDER_TYPE
 from binders.log.engine import Broker
 
@@ -540,7 +541,7 @@ def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None
     async def scenario() -> list[Any]:
         async with app:
             await asyncio.gather(*(app.send("fresh", n, key="k") for n in range(50)))
-            consumer = await made[0].consumer(ConsumerSpec("fresh", "reader"), _NoListener())
+            consumer = await made[0].consumer(ConsumerSpec("fresh", "reader"), IdleListener())
             records = await consumer.fetch()
             await consumer.close()
             return [json.loads(r.value) for r in records]
@@ -548,14 +549,6 @@ def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None
     assert asyncio.run(scenario()) == list(range(50))
     assert len(made) == 1, "one binder started"
     assert made[0].provisioned == 1, "one output opened, not one per waiting send"
-
-
-class _NoListener:
-    async def on_revoked(self, partitions: set[int]) -> None:
-        return None
-
-    async def on_assigned(self, partitions: set[int]) -> None:
-        return None
 
 
 # -- runtime control -------------------------------------------------------------------------

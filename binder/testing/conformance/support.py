@@ -46,6 +46,7 @@ __all__ = [
     "MIB",
     "TIMEOUT",
     "Conformance",
+    "IdleListener",
     "Inbox",
     "binder_type_of",
     "fetch_records",
@@ -171,8 +172,8 @@ def _short_repr() -> reprlib.Repr:
 _SHORT = _short_repr()
 
 
-class _Listener:
-    """A rebalance listener for SPI-level scenarios: nothing in flight to finish."""
+class IdleListener:
+    """A rebalance listener for SPI-level code with nothing in flight to finish."""
 
     async def on_revoked(self, partitions: set[int]) -> None:
         return None
@@ -273,7 +274,7 @@ class Conformance:
     async def consumer(self, binder: Binder, destination: str, group: str | None) -> Consumer:
         """An SPI consumer of ``destination`` for ``group``; the destination is declared."""
         self.declare(destination, *([group] if group else []))
-        return await binder.consumer(ConsumerSpec(destination, group), _Listener())
+        return await binder.consumer(ConsumerSpec(destination, group), IdleListener())
 
     async def send_raw(
         self, binder: Binder, destination: str, records: Iterable[OutboundRecord]

@@ -9,19 +9,11 @@ from aiokafka.errors import KafkaConnectionError
 
 from binder.errors import BackendError
 from binder.spi import ConsumerSpec, InboundRecord, OutboundRecord
-from binder.testing.conformance.support import Conformance, run
+from binder.testing.conformance.support import Conformance, IdleListener, run
 from binders.kafka.consumer import KafkaConsumer
 
 COUNT = 400
 CHUNK = 10
-
-
-class _Idle:
-    async def on_revoked(self, partitions: set[int]) -> None:
-        return None
-
-    async def on_assigned(self, partitions: set[int]) -> None:
-        return None
 
 
 class _CountingCommits:
@@ -52,7 +44,7 @@ async def _fetch(consumer: KafkaConsumer, count: int) -> list[InboundRecord]:
 async def _first_value(kafka: Conformance, topic: str, group: str) -> bytes:
     """What a new member of ``group`` reads first: where the group's commit left off."""
     async with kafka.binder() as binder:
-        consumer = await binder.consumer(ConsumerSpec(topic, group), _Idle())
+        consumer = await binder.consumer(ConsumerSpec(topic, group), IdleListener())
         try:
             return (await consumer.fetch())[0].value
         finally:
@@ -72,7 +64,7 @@ def test_a_burst_of_commits_is_coalesced_and_flushed_on_close(
     async def scenario() -> tuple[int, bytes]:
         await _sent(kafka, topic, group)
         async with kafka.binder() as binder:
-            consumer = await binder.consumer(ConsumerSpec(topic, group), _Idle())
+            consumer = await binder.consumer(ConsumerSpec(topic, group), IdleListener())
             assert isinstance(consumer, KafkaConsumer)
             spy = _CountingCommits(consumer)
             taken = (await _fetch(consumer, COUNT))[: COUNT // 2]
@@ -95,7 +87,7 @@ def test_a_failed_commit_is_raised_by_the_next_call_and_its_offsets_kept(
     async def scenario() -> bytes:
         await _sent(kafka, topic, group)
         async with kafka.binder() as binder:
-            consumer = await binder.consumer(ConsumerSpec(topic, group), _Idle())
+            consumer = await binder.consumer(ConsumerSpec(topic, group), IdleListener())
             assert isinstance(consumer, KafkaConsumer)
             spy = _CountingCommits(consumer)
             taken = await _fetch(consumer, 30)

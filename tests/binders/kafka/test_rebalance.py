@@ -13,7 +13,14 @@ import pytest
 
 from binder import App
 from binder.spi import Consumer, ConsumerSpec, InboundRecord, OutboundRecord
-from binder.testing.conformance.support import TIMEOUT, Conformance, Inbox, keys_for_partitions, run
+from binder.testing.conformance.support import (
+    TIMEOUT,
+    Conformance,
+    IdleListener,
+    Inbox,
+    keys_for_partitions,
+    run,
+)
 
 TOTAL = 10_000
 PARTITIONS = 4
@@ -48,14 +55,6 @@ class _HoldingCore:
         return None
 
 
-class _Idle:
-    async def on_revoked(self, partitions: set[int]) -> None:
-        return None
-
-    async def on_assigned(self, partitions: set[int]) -> None:
-        return None
-
-
 async def _collect(consumer: Consumer, into: Inbox[InboundRecord]) -> None:
     """Fetch and commit until cancelled."""
     while records := await consumer.fetch():
@@ -83,7 +82,7 @@ async def _handover(kafka: Conformance, topic: str, group: str, commit: bool) ->
         core = _HoldingCore(commit)
         first = core.consumer = await binder.consumer(ConsumerSpec(topic, group), core)
         core.in_flight = await asyncio.wait_for(_fetch_some(first, 40), TIMEOUT)
-        joining = asyncio.create_task(binder.consumer(ConsumerSpec(topic, group), _Idle()))
+        joining = asyncio.create_task(binder.consumer(ConsumerSpec(topic, group), IdleListener()))
         await asyncio.wait_for(core.revoking.wait(), TIMEOUT)
         joined_while_in_flight = joining.done()
         core.release.set()

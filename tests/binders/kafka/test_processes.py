@@ -180,6 +180,20 @@ def _first_handling_in_send_order(handled: list[int]) -> None:
     assert not unordered, f"first handled out of send order: {unordered}"
 
 
+def _first_member_at_work(
+    kafka_config: dict[str, Any],
+    topic: str,
+    group: str,
+    children: Callable[[str, dict[str, Any]], Child],
+) -> tuple[dict[str, Any], Child]:
+    """A first child consuming ``topic`` in ``group``, once it handled ``KILL_AFTER`` ids;
+    with the settings a second member is started with."""
+    settings = {"binder": kafka_config, "topic": topic, "group": group}
+    first = children("first", settings)
+    first.wait_handled(KILL_AFTER)
+    return settings, first
+
+
 # -- the tests ------------------------------------------------------------------------------
 
 
@@ -197,10 +211,8 @@ def test_a_consumer_killed_mid_stream_loses_nothing(
     whose commit request may have been in flight. A chunk takes ≥ 0.5 s to handle here,
     far longer than a loopback commit, so older chunks are committed: bound 2 x 500."""
     _fill(kafka, topic, group)
-    settings = {"binder": kafka_config, "topic": topic, "group": group}
     started = time.monotonic()
-    first = children("first", settings)
-    first.wait_handled(KILL_AFTER)
+    settings, first = _first_member_at_work(kafka_config, topic, group, children)
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.monotonic()
     second = children("second", settings)
@@ -233,10 +245,8 @@ def test_a_consumer_restarted_cleanly_handles_nothing_twice(
     finished and exits 0; the next member starts right after it, so every id is handled
     exactly once across the two processes."""
     _fill(kafka, topic, group)
-    settings = {"binder": kafka_config, "topic": topic, "group": group}
     started = time.monotonic()
-    first = children("first", settings)
-    first.wait_handled(KILL_AFTER)
+    settings, first = _first_member_at_work(kafka_config, topic, group, children)
     assert first.stop(signal.SIGTERM) == 0, first.tail()
     second = children("second", settings)
     second.wait_handled(TOTAL - len(first.handled))

@@ -43,9 +43,9 @@ import orjson
 
 from binder import App
 from binders.log.binder import durable_broker_name
-from binders.log.disk import TopicPolicy
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.disk import TopicPolicy
+from binders.log.engine.durable import DurableStorage, StorageSettings
 
 VALUE = bytes(range(100))
 BATCH = 1000

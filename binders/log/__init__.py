@@ -1,7 +1,7 @@
 """The embedded log binder: topics, partitions, offsets and consumer groups in process.
 
 In memory, or durable with a ``path``: segment files with checksummed batches and
-sparse indexes, group commit, crash recovery and retention (:mod:`binders.log.durable`).
+sparse indexes, group commit, crash recovery and retention (:mod:`binders.log.engine.durable`).
 Registered through the ``binder`` entry-point group like any third-party binder.
 """
 
@@ -39,6 +39,6 @@ def binder_add_commands(commands: Any) -> None:
 
 
 def _log_tool(args: argparse.Namespace) -> int:
-    from binders.log import tools  # only for this command
+    from binders.log.engine import tools  # only for this command
 
     return int(tools.main(args.action, args.path))

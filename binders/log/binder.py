@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from binder.errors import BackendError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
 from binders.log.consumer import LogConsumer
-from binders.log.disk import TopicPolicy
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker, memory_logs
+from binders.log.engine.disk import TopicPolicy
+from binders.log.engine.durable import DurableStorage, StorageSettings
 from binders.log.options import LogOptions, TopicOptions
 from binders.log.producer import LogProducer
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from binders.log.disk import DiskPartitionLog, TopicPolicy
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.disk import DiskPartitionLog, TopicPolicy
+from binders.log.engine.durable import DurableStorage, StorageSettings
 
 
 @pytest.fixture

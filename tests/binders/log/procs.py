@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from binder import App, Message
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.durable import DurableStorage, StorageSettings
 
 
 def _app(path: str, bindings: dict, fsync: str = "batch") -> App:

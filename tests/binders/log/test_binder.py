@@ -10,8 +10,8 @@ import pytest
 
 from binder import App, ConfigError, Message, plugins
 from binders.log.binder import DURABLE_CAPABILITIES, LogBinder, durable_broker_name
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.durable import DurableStorage, StorageSettings
 from binders.log.options import LogOptions
 
 

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from binder.cli import main
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.durable import DurableStorage, StorageSettings
 
 PROCS = Path(__file__).with_name("procs.py")
 TIMEOUT = 30.0

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from binders.log.durable import FORMAT, read_topic_dir
-from binders.log.offsets import State, read_group_dir
-from binders.log.recovery import Recovered, recover
+from binders.log.engine.durable import FORMAT, read_topic_dir
+from binders.log.engine.offsets import State, read_group_dir
+from binders.log.engine.recovery import Recovered, recover
 
 __all__ = ["inspect", "main", "verify"]
 

@@ -1,9 +1,9 @@
 """The durable partition log: segment files, a tail cache, segment roll and retention.
 
 A :class:`DiskPartitionLog` keeps one partition in ``<path>/topics/<topic>/<p>/``
-(see :mod:`binders.log.segment` for the files). Like every storage object it
+(see :mod:`binders.log.engine.segment` for the files). Like every storage object it
 is called only under the broker lock; it never fsyncs there during appends —
-it reports each write to the storage's :class:`~binders.log.sync.Syncer`, and
+it reports each write to the storage's :class:`~binders.log.engine.sync.Syncer`, and
 a producer awaits the future :meth:`DiskPartitionLog.synced` hands it.
 
 Reads are served, cheapest first, from
@@ -42,11 +42,11 @@ from itertools import repeat
 from pathlib import Path
 
 from binder.errors import ClosedError
-from binders.log.records import encode
-from binders.log.recovery import recover
-from binders.log.segment import CorruptLogError, Damage, Segment, log_name
-from binders.log.storage import Entry, StoredRecord
-from binders.log.sync import Syncer, fsync_path
+from binders.log.engine.records import encode
+from binders.log.engine.recovery import recover
+from binders.log.engine.segment import CorruptLogError, Damage, Segment, log_name
+from binders.log.engine.storage import Entry, StoredRecord
+from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = ["TAIL_CACHE_BYTES", "DiskPartitionLog", "TopicPolicy"]
 
@@ -71,7 +71,7 @@ class TopicPolicy:
 
 
 class DiskPartitionLog:
-    """A :class:`~binders.log.storage.PartitionLog` on disk (see the module docstring)."""
+    """A :class:`~binders.log.engine.storage.PartitionLog` on disk (see the module docstring)."""
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from binders.log.sync import Syncer, fsync_path
+from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = ["DiskOffsetStore", "read_group_dir"]
 
@@ -144,7 +144,7 @@ class _GroupFile:
 
 
 class DiskOffsetStore:
-    """An :class:`~binders.log.storage.OffsetStore` in ``<path>/groups``.
+    """An :class:`~binders.log.engine.storage.OffsetStore` in ``<path>/groups``.
 
     Called only under the broker lock, like every storage object.
     """

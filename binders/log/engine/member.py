@@ -1,6 +1,6 @@
 """A consumer of the embedded log: one member of a group (or an anonymous reader).
 
-Split from :mod:`binders.log.engine`, which owns the state it reads: every
+Split from :mod:`binders.log.engine.broker`, which owns the state it reads: every
 method here that ends in ``_locked`` runs under the broker's lock, and a
 member waiting in :meth:`Member.poll` parks on a future of its own event loop,
 woken from any thread (see the engine's docstring for the whole model).
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from binder.errors import BackendError
 from binder.wakeup import wake
-from binders.log.membership import member_id
-from binders.log.storage import StoredRecord
+from binders.log.engine.membership import member_id
+from binders.log.engine.storage import StoredRecord
 
 if TYPE_CHECKING:
     from binders.log.engine import Broker, Topic
@@ -30,7 +30,8 @@ PartitionsCallback = Callable[[set[int]], Awaitable[None]]
 
 
 class SharedGroup(Protocol):
-    """A group's members and partition owners across processes (:mod:`binders.log.membership`)."""
+    """A group's members and partition owners across processes
+    (:mod:`binders.log.engine.membership`)."""
 
     def join(self, member: str) -> None: ...
     def leave(self, member: str) -> None: ...
@@ -168,7 +169,7 @@ class Member:
         An exception from a callback propagates (revoked partitions are
         released all the same). On a durable log, a held partition whose next
         records are damaged on disk raises
-        :class:`~binders.log.segment.CorruptLogError` (a ``BackendError``),
+        :class:`~binders.log.engine.segment.CorruptLogError` (a ``BackendError``),
         once the records before the damage were returned.
         """
         if max_records < 1:

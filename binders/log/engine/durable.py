@@ -1,14 +1,14 @@
-"""A log directory: the :class:`~binders.log.storage.Storage` of a durable broker.
+"""A log directory: the :class:`~binders.log.engine.storage.Storage` of a durable broker.
 
 Layout under ``path``::
 
     lock                         flock: shared by every process that has the directory open
     format.json                  {"format": 1}
     topics/<topic>/topic.json    {"name": ..., "partitions": N}
-    topics/<topic>/<p>/<base:020d>.log, .index      segments (binders.log.segment)
-    topics/<topic>/<p>/lock                         flock around every change (binders.log.disk)
-    groups/<group>/<gen:010d>.offsets               commits (binders.log.offsets)
-    groups/<group>/members/<topic>/<id>, owners/<topic>/<p>   (binders.log.membership)
+    topics/<topic>/<p>/<base:020d>.log, .index      segments (engine.segment)
+    topics/<topic>/<p>/lock                         flock around every change (engine.disk)
+    groups/<group>/<gen:010d>.offsets               commits (engine.offsets)
+    groups/<group>/members/<topic>/<id>, owners/<topic>/<p>   (engine.membership)
 
 Topic and group names are percent-encoded into directory names. Several
 processes may open one directory. The first opener (the one that gets the
@@ -33,10 +33,10 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from binder.errors import BackendError
-from binders.log.disk import DiskPartitionLog, TopicPolicy
-from binders.log.membership import Membership
-from binders.log.offsets import DiskOffsetStore
-from binders.log.sync import Syncer, fsync_path
+from binders.log.engine.disk import DiskPartitionLog, TopicPolicy
+from binders.log.engine.membership import Membership
+from binders.log.engine.offsets import DiskOffsetStore
+from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = [
     "FORMAT",

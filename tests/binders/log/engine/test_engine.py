@@ -18,7 +18,7 @@ import pytest
 
 from binder.errors import BackendError, ClosedError
 from binders.log.engine import Broker, Member, StoredRecord
-from binders.log.storage import MemoryOffsetStore, MemoryPartitionLog, memory_logs
+from binders.log.engine.storage import MemoryOffsetStore, MemoryPartitionLog, memory_logs
 
 Batch = list[StoredRecord]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from binder.errors import BackendError
-from binders.log.disk import TopicPolicy
-from binders.log.durable import DurableStorage, StorageSettings
 from binders.log.engine import Broker
+from binders.log.engine.disk import TopicPolicy
+from binders.log.engine.durable import DurableStorage, StorageSettings
 
 Durable = Callable[..., Broker]
 

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from binder.spi import InboundRecord
-from binders.log.storage import Entry
+from binders.log.engine.storage import Entry
 
 __all__ = [
     "FRAME",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from binders.log.disk import TAIL_CACHE_BYTES, DiskPartitionLog, TopicPolicy
-from binders.log.segment import INDEX_INTERVAL
-from binders.log.storage import Entry
+from binders.log.engine.disk import TAIL_CACHE_BYTES, DiskPartitionLog, TopicPolicy
+from binders.log.engine.segment import INDEX_INTERVAL
+from binders.log.engine.storage import Entry
 
 Open = Callable[..., DiskPartitionLog]
 

@@ -7,7 +7,7 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binders.log.records import FRAME, HEAD, decode, encode, frame_size, read_frame
+from binders.log.engine.records import FRAME, HEAD, decode, encode, frame_size, read_frame
 
 keys = st.none() | st.binary(max_size=20)
 headers = st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from binder.cli import main
-from binders.log.disk import TopicPolicy
 from binders.log.engine import Broker
-from binders.log.segment import parse_index, render_index
+from binders.log.engine.disk import TopicPolicy
+from binders.log.engine.segment import parse_index, render_index
 
 Durable = Callable[..., Broker]
 

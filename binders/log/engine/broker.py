@@ -19,7 +19,7 @@ takes a partition only once nobody holds it, at the group's committed offset.
 No two members of a group read one partition at once, and the next owner
 starts right after the last commit.
 
-Records live behind the protocols of :mod:`binders.log.storage`; this module
+Records live behind the protocols of :mod:`binders.log.engine.storage`; this module
 never touches a list of records itself. A durable storage brings back the
 topics of an earlier run when the broker is made, may ask for a periodic
 :meth:`Broker.maintain` (segment roll and retention by age, on a thread of
@@ -44,8 +44,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from binder.errors import BackendError, ClosedError
-from binders.log.member import Member, MembershipFactory, PartitionsCallback, Start, _Group
-from binders.log.storage import (
+from binders.log.engine.member import Member, MembershipFactory, PartitionsCallback, Start, _Group
+from binders.log.engine.storage import (
     Entry,
     LogFactory,
     MemoryOffsetStore,

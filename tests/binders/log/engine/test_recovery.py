@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binders.log.disk import DiskPartitionLog, TopicPolicy
 from binders.log.engine import Broker
-from binders.log.recovery import recover
-from binders.log.segment import CorruptLogError
-from binders.log.storage import Entry
+from binders.log.engine.disk import DiskPartitionLog, TopicPolicy
+from binders.log.engine.recovery import recover
+from binders.log.engine.segment import CorruptLogError
+from binders.log.engine.storage import Entry
 
 Open = Callable[..., DiskPartitionLog]
 

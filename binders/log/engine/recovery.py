@@ -14,7 +14,7 @@
 - bytes that are not a valid batch but are followed by valid ones, and any
   gap between segments, are damage in the middle of the log: logged as an
   error, left on disk for inspection, and reported by ``verify``; a reader
-  that reaches those offsets gets a :class:`~binders.log.segment.CorruptLogError`
+  that reaches those offsets gets a :class:`~binders.log.engine.segment.CorruptLogError`
   instead of silently skipping them.
 """
 
@@ -26,8 +26,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from binders.log.records import FRAME, frame_size, read_frame
-from binders.log.segment import Damage, Scan, Segment, scan
+from binders.log.engine.records import FRAME, frame_size, read_frame
+from binders.log.engine.segment import Damage, Scan, Segment, scan
 
 __all__ = ["Recovered", "recover", "segment_bases"]
 

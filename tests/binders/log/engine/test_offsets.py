@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from binders.log.offsets import DiskOffsetStore, read_group_dir
+from binders.log.engine.offsets import DiskOffsetStore, read_group_dir
 
 
 def test_commits_survive_a_restart_even_without_close(tmp_path: Path) -> None:

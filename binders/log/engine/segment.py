@@ -1,6 +1,6 @@
 """One segment of a partition: ``<base:020d>.log`` and its sparse ``<base:020d>.index``.
 
-The ``.log`` file is a run of record batches (:mod:`binders.log.records`);
+The ``.log`` file is a run of record batches (:mod:`binders.log.engine.records`);
 its name is the offset of its first record. The ``.index`` file maps some
 record offsets to the file position of the batch holding them (one entry per
 ``INDEX_INTERVAL`` bytes of log), so a read seeks close to its offset and
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from binder.errors import BackendError
 from binder.spi import InboundRecord
-from binders.log.records import FRAME, HEAD, MAGIC, BatchInfo, decode, frame_size, read_frame
+from binders.log.engine.records import FRAME, HEAD, MAGIC, BatchInfo, decode, frame_size, read_frame
 
 __all__ = [
     "INDEX_INTERVAL",
@@ -170,7 +170,7 @@ class Segment:
     """A segment's files, its sparse index in memory, and where its records end.
 
     The partition log that owns it calls every method under the broker lock;
-    the fsync of its files happens elsewhere, by path (see :mod:`binders.log.sync`).
+    the fsync of its files happens elsewhere, by path (see :mod:`binders.log.engine.sync`).
     """
 
     __slots__ = (

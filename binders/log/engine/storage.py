@@ -3,14 +3,14 @@
 A :class:`PartitionLog` holds one partition's records; an :class:`OffsetStore`
 holds every group's committed offsets; a :class:`Storage` opens the logs,
 owns the offset store and remembers which topics exist. The engine
-(:mod:`binders.log.engine`) calls all of them only while holding its broker
+(:mod:`binders.log.engine.broker`) calls all of them only while holding its broker
 lock, so an implementation needs no locking of its own; it must not block for
 long there: a durable log writes each batch with one system call and leaves
 the fsync to a thread of its own, handing the producer a future to await
 (:meth:`PartitionLog.synced`).
 
 The in-memory implementations here keep everything in lists and dicts and lose
-it all on close; the durable ones are in :mod:`binders.log.durable`.
+it all on close; the durable ones are in :mod:`binders.log.engine.durable`.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from binders.log.durable import DurableStorage
 from binders.log.engine import Broker
-from binders.log.sync import Syncer
+from binders.log.engine.durable import DurableStorage
+from binders.log.engine.sync import Syncer
 
 Durable = Callable[..., Broker]
 

@@ -5,9 +5,13 @@ For each fetched chunk it decodes, calls the pipeline, encodes and sends the
 outputs, and only then acknowledges (at-least-once). A synchronous pipeline
 runs in a worker thread one chunk at a time, so the event loop (and the
 heartbeats of real backends) never stalls and the thread hop is paid once per
-chunk rather than once per message. A failure retries in place (keeping key
-order), then dead-letters. Every binding can be stopped, started, paused and
-resumed at run time; :attr:`state` tells where it is.
+chunk rather than once per message. A failure of the function or of the send
+of its outputs retries in place (keeping key order), then dead-letters; a refused
+commit is retried. What cannot go on (the consumer failed or closed) fails the
+binding, whose supervisor replaces the consumer after a back-off, or stops the
+app (``binder.on-binding-failure: exit``). Every binding can be stopped, started,
+paused and resumed at run time; :attr:`state` tells where it is, :attr:`error` why
+it failed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from binder.errors import BinderError, ConversionError
+from binder.errors import BackendError, ConversionError
 from binder.invoke import Invoker
 from binder.ordering import AckTracker, lane_of
 from binder.outputs import OutputBinding
@@ -66,12 +70,22 @@ class _Lifecycle:
         return self._stop.is_set()
 
     def _failed(self, exc: BaseException) -> None:
-        log.error("binding %s failed: %s", self.name, exc, exc_info=exc)
+        log.error("binding %s failed: %s: %s", self.name, type(exc).__name__, exc, exc_info=exc)
         self.state, self.error = BindingState.FAILED, exc
 
 
 class InputBinding(_Lifecycle):
-    """Consumes one destination (for a group, or anonymously) through a pipeline."""
+    """Consumes one destination (for a group, or anonymously) through a pipeline.
+
+    Supervised: the fetch loop and the lanes run in one task group, so a failure in one
+    cancels the others and reaches the binding's supervisor, which closes the consumer
+    (its partitions go to the other members at once), shows ``failed`` with the cause in
+    :attr:`error`, logs it, and opens a new consumer after a back-off (1 s doubling to
+    30 s), or, when ``on_fatal`` is given, hands the failure to it and stays down.
+    """
+
+    RESTART_INITIAL = 1.0
+    RESTART_MAX = 30.0
 
     def __init__(
         self,
@@ -85,6 +99,7 @@ class InputBinding(_Lifecycle):
         policy: RetryPolicy,
         concurrency: int = 1,
         batch_size: int = 100,
+        on_fatal: Callable[[InputBinding, BaseException], None] | None = None,
     ) -> None:
         super().__init__(name)
         self.spec = spec
@@ -95,11 +110,17 @@ class InputBinding(_Lifecycle):
         self.policy = policy
         self.concurrency = concurrency
         self.batch_size = batch_size
+        self.restarts = 0
+        """How many times the supervisor opened a new consumer after a failure."""
+        self._on_fatal = on_fatal
         self._consumer: Consumer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None  # the supervisor
+        self._fetch_task: asyncio.Task[None] | None = None
         self._lanes: list[asyncio.Queue[InboundRecord]] = []
         self._tracker = AckTracker()
         self._fetching = False
+        self._paused = False
+        self._restart_delay = self.RESTART_INITIAL
         self._chunk_done = asyncio.Event()  # one lane: no fetched chunk is being processed
         self._chunk_done.set()
 
@@ -114,18 +135,21 @@ class InputBinding(_Lifecycle):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe and start processing. Idempotent while running."""
-        if self.state in (BindingState.RUNNING, BindingState.PAUSED, BindingState.STARTING):
+        """Subscribe and start processing. Idempotent while running.
+
+        A consumer that cannot be opened here raises (the app fails to start); once
+        running, failures are the supervisor's (see the class docstring)."""
+        if self._task is not None or self.state is BindingState.STARTING:
             return
         self.state, self.error = BindingState.STARTING, None
         self._stop = asyncio.Event()
-        self._tracker = AckTracker()
-        self._consumer = await self.binder.consumer(self.spec, self)
-        if self.concurrency > 1:
-            self._lanes = [asyncio.Queue(self.spec.max_records) for _ in range(self.concurrency)]
-            self._tasks = [asyncio.create_task(self._lane(q)) for q in self._lanes]
-        self._tasks.append(asyncio.create_task(self._fetch_loop(), name=f"binding:{self.name}"))
-        self.state = BindingState.RUNNING
+        self._paused = False
+        try:
+            await self._open()
+        except BaseException:
+            self.state = BindingState.STOPPED
+            raise
+        self._task = asyncio.create_task(self._supervise(), name=f"binding:{self.name}")
 
     async def stop(self) -> None:
         """Finish the messages in hand, commit, and leave. Idempotent, also mid-handler.
@@ -135,38 +159,98 @@ class InputBinding(_Lifecycle):
         not). With several lanes, what was fetched is finished first, so that no finished
         message sits behind an unfinished one and gets redelivered.
         """
-        if self.state in (BindingState.STOPPED, BindingState.STOPPING):
+        task, self._task = self._task, None
+        if task is None and self._consumer is None:
             return
         self.state = BindingState.STOPPING
         self._stop.set()
-        fetch_task = self._tasks[-1] if self._tasks else None
-        if fetch_task is not None and self._fetching:
-            fetch_task.cancel()
-        if fetch_task is not None:
-            await asyncio.gather(fetch_task, return_exceptions=True)
-        for queue in self._lanes:
-            await queue.join()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks, self._lanes = [], []
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.close()
-        if self.state is BindingState.STOPPING:
-            self.state = BindingState.STOPPED
+        fetch = self._fetch_task
+        if fetch is not None and self._fetching:
+            fetch.cancel()  # a fetch is safe to cancel: nothing taken is lost
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drop_consumer()
+        self.state = BindingState.STOPPED
 
     def pause(self) -> None:
         """Stop taking new messages; group membership is kept."""
         if self._consumer is not None and self.state is BindingState.RUNNING:
             self._consumer.pause()
+            self._paused = True
             self.state = BindingState.PAUSED
 
     def resume(self) -> None:
         """Take messages again after :meth:`pause`."""
         if self._consumer is not None and self.state is BindingState.PAUSED:
             self._consumer.resume()
+            self._paused = False
             self.state = BindingState.RUNNING
+
+    # -- supervision ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """A new consumer, tracker and lanes; the state it leaves is running (or paused)."""
+        self._tracker = AckTracker()
+        self._chunk_done.set()
+        self._consumer = await self.binder.consumer(self.spec, self)
+        if self._paused:
+            self._consumer.pause()
+        if self.concurrency > 1:
+            self._lanes = [asyncio.Queue(self.spec.max_records) for _ in range(self.concurrency)]
+        self.state = BindingState.PAUSED if self._paused else BindingState.RUNNING
+
+    async def _supervise(self) -> None:
+        """Serve until stopped; after a failure close the consumer, wait, open a new one."""
+        while not self._stop.is_set():
+            try:
+                if self._consumer is None:
+                    await self._open()
+                    self.restarts += 1
+                    log.warning("binding %s: restarted (consumer open again)", self.name)
+                await self._serve(self._consumer)
+                if self._stop.is_set():
+                    return
+                raise BackendError(f"{self.name}: the consumer closed while the binding ran")
+            except Exception as exc:  # a task group's ExceptionGroup included
+                cause = _first_cause(exc)
+            await self._drop_consumer()
+            self._failed(cause)
+            if self._on_fatal is not None:
+                self._on_fatal(self, cause)
+                return
+            delay = self._restart_delay
+            self._restart_delay = min(delay * 2, self.RESTART_MAX)
+            log.warning("binding %s: restarting in %.0f s", self.name, delay)
+            if await self._sleep(delay):
+                return
+
+    async def _serve(self, consumer: Consumer | None) -> None:
+        """The fetch loop and the lanes in one task group; returns once stopped and drained."""
+        assert consumer is not None
+        async with asyncio.TaskGroup() as group:
+            lanes = [group.create_task(self._lane(queue)) for queue in self._lanes]
+            self._fetch_task = group.create_task(self._fetch_loop(consumer))
+            await asyncio.wait([self._fetch_task])  # its failure is the group's to raise
+            if self._fetch_task.cancelled() or self._fetch_task.exception() is not None:
+                return
+            for queue in self._lanes:  # several lanes: finish what was fetched
+                await queue.join()
+            for lane in lanes:
+                lane.cancel()
+
+    async def _drop_consumer(self) -> None:
+        """Close the consumer (its partitions go to other members), releasing anyone
+        waiting for in-flight records that will now be redelivered instead."""
+        self._tracker.abandon()
+        self._chunk_done.set()
+        self._lanes, self._fetch_task = [], None
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            await consumer.close()
+        except Exception as exc:
+            log.warning("binding %s: closing its consumer failed: %s", self.name, exc)
 
     # -- RebalanceListener ------------------------------------------------------------------
 
@@ -184,9 +268,9 @@ class InputBinding(_Lifecycle):
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def _fetch_loop(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+    async def _fetch_loop(self, consumer: Consumer) -> None:
+        """Fetch and process (one lane) or dispatch (several) until stopped. Returns when
+        stopped or when the consumer returned nothing (closed); raises what cannot go on."""
         try:
             while not self._stop.is_set():
                 self._fetching = True
@@ -196,6 +280,7 @@ class InputBinding(_Lifecycle):
                     self._fetching = False
                 if not records:
                     return
+                self._restart_delay = self.RESTART_INITIAL  # working again
                 if self._lanes:
                     self._tracker.track(records)
                     await self._dispatch(records)
@@ -210,8 +295,6 @@ class InputBinding(_Lifecycle):
                 raise
         except _Abandon:
             return
-        except Exception as exc:
-            self._failed(exc)
 
     async def _dispatch(self, records: Sequence[InboundRecord]) -> None:
         lanes = self._lanes
@@ -229,25 +312,52 @@ class InputBinding(_Lifecycle):
                 while not queue.empty():
                     queue.get_nowait()
                     queue.task_done()
-            except Exception as exc:
-                self._failed(exc)
             finally:
                 for _ in chunk:
                     queue.task_done()
 
     async def _complete(self, records: Sequence[InboundRecord]) -> None:
         if not self._lanes:  # one lane: records finish in fetch order
-            if records and self._consumer is not None:
-                await self._consumer.commit(records)
+            if records:
+                await self._commit(records)
             return
         released = self._tracker.complete(records)
-        if released and self._consumer is not None:
-            await self._consumer.commit(released)
+        if released:
+            await self._commit(released)
+
+    async def _commit(self, records: Sequence[InboundRecord]) -> None:
+        """Commit, retrying a refused commit with back-off; after the last attempt the
+        error is the binding's (its consumer is replaced: at least once, never skipped)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        delay = _COMMIT_BACK_OFF
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                await consumer.commit(records)
+                return
+            except Exception as exc:
+                if attempt == _COMMIT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "binding %s: commit failed (attempt %d of %d), retrying in %.1f s: %s",
+                    self.name,
+                    attempt,
+                    _COMMIT_ATTEMPTS,
+                    delay,
+                    exc,
+                )
+                if await self._sleep(delay):
+                    raise _Abandon from exc
+                delay *= 2
 
     # -- processing -------------------------------------------------------------------------
 
     async def _process(self, records: Sequence[InboundRecord]) -> None:
-        """Run a chunk through the pipeline; failures retry in place, then dead-letter."""
+        """Run a chunk through the pipeline; failures retry in place, then dead-letter.
+
+        A failed output send is a failed attempt of the message it came from, like an
+        exception from the function."""
         if self.invoker.batch:
             for start in range(0, len(records), self.batch_size):
                 if self._stop.is_set():
@@ -256,60 +366,96 @@ class InputBinding(_Lifecycle):
             return
         position = 0
         while position < len(records):
-            done, outgoing, failure = await self._attempt(records[position:])
-            await self._send(outgoing)
-            await self._complete(records[position : position + done])
+            done, outgoing, ends, failure = await self._attempt(records[position:])
+            await self._deliver(records[position : position + done], outgoing, ends)
             position += done
             if failure is None:
                 return  # all done, or stopping: the rest stays uncommitted for redelivery
             await self._recover([records[position]], failure)
             position += 1
 
+    async def _deliver(
+        self, records: Sequence[InboundRecord], outgoing: list[OutboundRecord], ends: list[int]
+    ) -> None:
+        """Send the outputs of ``records`` (processed in order), then commit them.
+
+        When the send fails, each record's outputs are sent alone, in order, and a record
+        whose own send fails is recovered like a failed attempt."""
+        if outgoing:
+            try:
+                await self._send(outgoing)
+            except Exception as exc:
+                log.warning(
+                    "%s: sending %d output(s) to %s failed, sending them per message: %s",
+                    self.name,
+                    len(outgoing),
+                    self._output_name(),
+                    exc,
+                )
+                await self._deliver_each(records, outgoing, ends)
+                return
+        await self._complete(records)
+
+    async def _deliver_each(
+        self, records: Sequence[InboundRecord], outgoing: list[OutboundRecord], ends: list[int]
+    ) -> None:
+        begin = 0
+        for record, end in zip(records, ends, strict=True):
+            try:
+                await self._send(outgoing[begin:end])
+            except Exception as exc:
+                await self._recover([record], exc)
+            else:
+                await self._complete((record,))
+            begin = end
+
+    def _output_name(self) -> str:
+        return self.output.destination if self.output is not None else "(no output)"
+
     async def _attempt(
         self, records: Sequence[InboundRecord]
-    ) -> tuple[int, list[OutboundRecord], BaseException | None]:
-        """Process records in order until one fails: (how many succeeded, their outputs, error)."""
+    ) -> tuple[int, list[OutboundRecord], list[int], BaseException | None]:
+        """Process records in order until one fails: (how many succeeded, their outputs,
+        where each one's outputs end in that list, the error)."""
         if self.invoker.pipeline.is_async:
             return await self._attempt_async(records)
         return await asyncio.to_thread(self._attempt_sync, records)
 
-    def _attempt_sync(
-        self, records: Sequence[InboundRecord]
-    ) -> tuple[int, list, BaseException | None]:
+    def _attempt_sync(self, records: Sequence[InboundRecord]) -> _Attempt:
         run, stopping = self.invoker.run, self._stopping_check()
         outgoing: list[OutboundRecord] = []
+        ends: list[int] = []
         make = self.output.record if self.output is not None else None
         for done, record in enumerate(records):
             if stopping():  # finish the message in hand, start no new one
-                return done, outgoing, None
+                return done, outgoing, ends, None
             try:
                 outputs = run(record, 1)
                 if outputs and make is not None:
                     outgoing.extend([make(*output) for output in outputs])
             except Exception as exc:
-                return done, outgoing, exc
-        return len(records), outgoing, None
+                return done, outgoing, ends, exc
+            ends.append(len(outgoing))
+        return len(records), outgoing, ends, None
 
-    async def _attempt_async(
-        self, records: Sequence[InboundRecord]
-    ) -> tuple[int, list, BaseException | None]:
+    async def _attempt_async(self, records: Sequence[InboundRecord]) -> _Attempt:
         if self.invoker.direct is not None:
             return await self._attempt_direct(records)
         run, encode = self.invoker.run_async, self._encode
         outgoing: list[OutboundRecord] = []
+        ends: list[int] = []
         stopping = self._stopping_check()
         for done, record in enumerate(records):
             if stopping():
-                return done, outgoing, None
+                return done, outgoing, ends, None
             try:
                 outgoing.extend(encode(await run(record, 1)))
             except Exception as exc:
-                return done, outgoing, exc
-        return len(records), outgoing, None
+                return done, outgoing, ends, exc
+            ends.append(len(outgoing))
+        return len(records), outgoing, ends, None
 
-    async def _attempt_direct(
-        self, records: Sequence[InboundRecord]
-    ) -> tuple[int, list, BaseException | None]:
+    async def _attempt_direct(self, records: Sequence[InboundRecord]) -> _Attempt:
         """The hot path of :meth:`_attempt_async`: one async function taking the payload,
         awaited here directly (no wrapper coroutine per message)."""
         invoker, encode = self.invoker, self._encode
@@ -318,17 +464,22 @@ class InputBinding(_Lifecycle):
         plain = invoker.decoder(None)
         stopping = self._stopping_check()
         outgoing: list[OutboundRecord] = []
+        ends: list[int] = []
         for done, record in enumerate(records):
             if stopping():
-                return done, outgoing, None
+                return done, outgoing, ends, None
             try:
                 value = payload(record) if record.headers else plain(record.value)
                 result = await fn(value)
             except Exception as exc:
-                return done, outgoing, invoker.failure(exc)
+                return done, outgoing, ends, invoker.failure(exc)
             if result is not None:
-                outgoing.extend(encode(invoker.outputs(result, record.key, record.headers)))
-        return len(records), outgoing, None
+                try:
+                    outgoing.extend(encode(invoker.outputs(result, record.key, record.headers)))
+                except Exception as exc:
+                    return done, outgoing, ends, exc
+            ends.append(len(outgoing))
+        return len(records), outgoing, ends, None
 
     def _stopping_check(self) -> Callable[[], bool]:
         """When to stop starting messages: at stop with one lane; with several lanes the
@@ -348,10 +499,10 @@ class InputBinding(_Lifecycle):
     async def _process_batch(self, records: Sequence[InboundRecord]) -> None:
         try:
             outgoing = await self._run_batch(records, 1)
+            await self._send(outgoing)
         except Exception as exc:
             await self._recover(records, exc)
             return
-        await self._send(outgoing)
         await self._complete(records)
 
     async def _run_batch(
@@ -375,18 +526,18 @@ class InputBinding(_Lifecycle):
     # -- failures ---------------------------------------------------------------------------
 
     async def _recover(self, records: Sequence[InboundRecord], exc: BaseException) -> None:
-        """Retry with backoff; then dead-letter (or drop, logged). Stop leaves it uncommitted."""
+        """Retry (the function and the send of its outputs) with back-off; then dead-letter
+        (or drop, logged), and commit. Stopping leaves it uncommitted, to be redelivered."""
         attempt = 1
         while self.policy.should_retry(exc, attempt):
             if await self._sleep(self.policy.delay(attempt)):
                 raise _Abandon
             attempt += 1
             try:
-                outgoing = await self._run_one(records, attempt)
+                await self._send(await self._run_one(records, attempt))
             except Exception as again:
                 exc = again
                 continue
-            await self._send(outgoing)
             await self._complete(records)
             return
         await self._give_up(records, exc, attempt)
@@ -420,10 +571,22 @@ class InputBinding(_Lifecycle):
             try:
                 await self.dead_letters.send_records(letters)
                 return
-            except BinderError as send_error:
+            except Exception as send_error:
                 log.error("%s: dead-letter send failed, retrying: %s", self.name, send_error)
                 if await self._sleep(self.policy.max_interval):
                     raise _Abandon from send_error
+
+
+_Attempt = tuple[int, list[OutboundRecord], list[int], BaseException | None]
+_COMMIT_ATTEMPTS = 5
+_COMMIT_BACK_OFF = 0.1  # seconds, doubling: 0.1 + 0.2 + 0.4 + 0.8 before giving up
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first failure inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class SupplierBinding(_Lifecycle):

@@ -288,6 +288,10 @@ class BinderSection(_Model):
     binders: dict[str, BinderEntry] = Field(default_factory=dict, validate_default=True)
     """Without any configured: ``{"local": {"type": "log"}}``."""
     bindings: dict[str, BindingConfig] = Field(default_factory=dict)
+    on_binding_failure: Literal["restart", "exit"] = "restart"
+    """What a binding that cannot go on does: ``restart`` (its consumer is replaced after a
+    back-off, 1 s doubling to 30 s) or ``exit`` (``app.run()`` stops the app and exits
+    with status 1, for orchestrators that restart processes)."""
 
     def binding(self, name: str) -> BindingConfig | None:
         """The binding called ``name``, matched as :func:`normalize_binding_name` does."""

@@ -69,6 +69,14 @@ class AckTracker:
             self._idle.set()
         return released
 
+    def abandon(self) -> None:
+        """Forget every tracked record (its consumer is gone: they will be redelivered) and
+        release :meth:`wait_idle`."""
+        self._pending.clear()
+        self._done.clear()
+        self._count = 0
+        self._idle.set()
+
     async def wait_idle(self) -> None:
         """Return once every tracked record has been released."""
         await self._idle.wait()

@@ -24,11 +24,12 @@ creates the group up front, so even a backend that does not replay to new
 groups keeps what was sent before the group's consumer started.
 
 The scenarios, by theme: :mod:`.delivery`, :mod:`.groups`, :mod:`.partitions`,
-:mod:`.retries`, :mod:`.lifecycle`; their fixtures are in :mod:`.fixtures`.
+:mod:`.retries`, :mod:`.lifecycle`, :mod:`.failures`; their fixtures are in :mod:`.fixtures`.
 """
 
 from binder.testing.conformance import (
     delivery,
+    failures,
     fixtures,
     groups,
     lifecycle,
@@ -36,6 +37,7 @@ from binder.testing.conformance import (
     retries,
 )
 from binder.testing.conformance.delivery import *  # noqa: F403
+from binder.testing.conformance.failures import *  # noqa: F403
 from binder.testing.conformance.fixtures import *  # noqa: F403
 from binder.testing.conformance.groups import *  # noqa: F403
 from binder.testing.conformance.lifecycle import *  # noqa: F403
@@ -45,6 +47,7 @@ from binder.testing.conformance.retries import *  # noqa: F403
 __all__ = [
     *fixtures.__all__,
     *delivery.__all__,
+    *failures.__all__,
     *groups.__all__,
     *lifecycle.__all__,
     *partitions.__all__,

@@ -34,9 +34,9 @@ def binder_type(binder_config: Mapping[str, Any]) -> BinderType:
 
 
 @pytest.fixture
-def capabilities(binder_type: BinderType) -> Capabilities:
-    """What the binder under test declares it can do."""
-    return binder_type.capabilities
+def capabilities(conformance: Conformance) -> Capabilities:
+    """What the binder under test declares it can do, in the configured variant."""
+    return conformance.capabilities
 
 
 @pytest.fixture

@@ -188,7 +188,8 @@ class Conformance:
     def __init__(self, binder_config: Mapping[str, Any]) -> None:
         self.binder_config = dict(binder_config)
         self.binder_type = binder_type_of(self.binder_config)
-        self.capabilities: Capabilities = self.binder_type.capabilities
+        self.capabilities: Capabilities = self._unstarted().capabilities
+        """What the configured variant declares (the log with a ``path`` adds persistence)."""
         self._declared: dict[str, set[str]] = {}
 
     # -- destinations -----------------------------------------------------------------------
@@ -232,8 +233,11 @@ class Conformance:
         bindings: Mapping[str, Mapping[str, Any]] | None = None,
         *,
         definition: str | None = None,
+        wrap: Callable[[Binder], Binder] | None = None,
     ) -> App:
-        """An App on the binder under test; register functions on it, then ``async with``."""
+        """An App on the binder under test; register functions on it, then ``async with``.
+
+        ``wrap`` wraps the binder the app makes (to inject faults at the SPI boundary)."""
         bindings = {name: dict(binding) for name, binding in (bindings or {}).items()}
         for binding in bindings.values():
             self._declare_binding(binding)
@@ -244,7 +248,11 @@ class Conformance:
         }
         if definition is not None:
             section["function-definition"] = definition
-        return App(config={"binder": section}, environ={})
+        app = App(config={"binder": section}, environ={})
+        if wrap is not None:
+            kind = self.binder_type
+            app._binder_factory = lambda name, entry: wrap(kind.create(name, entry.options))
+        return app
 
     def _declare_binding(self, binding: Mapping[str, Any]) -> None:
         destination = binding.get("destination")
@@ -261,15 +269,18 @@ class Conformance:
     @contextlib.asynccontextmanager
     async def binder(self) -> AsyncIterator[Binder]:
         """A started raw binder of the type under test, closed on exit."""
-        options = {k: v for k, v in self.binder_config.items() if k != "type"}
-        binder = self.binder_type.create(
-            BINDER_NAME, self.binder_type.options.model_validate(options)
-        )
+        binder = self._unstarted()
         await binder.start()
         try:
             yield binder
         finally:
             await binder.close()
+
+    def _unstarted(self) -> Binder:
+        options = {k: v for k, v in self.binder_config.items() if k != "type"}
+        return self.binder_type.create(
+            BINDER_NAME, self.binder_type.options.model_validate(options)
+        )
 
     async def consumer(self, binder: Binder, destination: str, group: str | None) -> Consumer:
         """An SPI consumer of ``destination`` for ``group``; the destination is declared."""

@@ -193,6 +193,7 @@ class InputBinding(_Lifecycle):
         self._tracker = AckTracker()
         self._chunk_done.set()
         self._consumer = await self.binder.consumer(self.spec, self)
+        self.error = None
         if self._paused:
             self._consumer.pause()
         if self.concurrency > 1:
@@ -326,8 +327,9 @@ class InputBinding(_Lifecycle):
             await self._commit(released)
 
     async def _commit(self, records: Sequence[InboundRecord]) -> None:
-        """Commit, retrying a refused commit with back-off; after the last attempt the
-        error is the binding's (its consumer is replaced: at least once, never skipped)."""
+        """Commit, retrying a refused commit with back-off (1.5 s in all, also while
+        stopping); after the last attempt the error is the binding's, whose consumer is
+        replaced: the records are redelivered, never skipped."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -347,8 +349,7 @@ class InputBinding(_Lifecycle):
                     delay,
                     exc,
                 )
-                if await self._sleep(delay):
-                    raise _Abandon from exc
+                await asyncio.sleep(delay)  # not cut short by stop: stopping commits too
                 delay *= 2
 
     # -- processing -------------------------------------------------------------------------

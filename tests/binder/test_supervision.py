@@ -1,0 +1,325 @@
+"""Supervision: nothing a binding meets ends it silently.
+
+Refused sends and commits are injected at the SPI boundary around the real
+in-memory log (``binder.testing.conformance.failures.Faults``); the consumer
+failures are real: a broker closed under its members, a damaged durable log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from binder import App, BindingState, Message
+from binder.bindings import InputBinding
+from binder.errors import BackendError
+from binder.message import EXCEPTION_TYPE
+from binder.spi import Binder, ConsumerSpec, InboundRecord, OutboundRecord, RebalanceListener
+from binder.testing.conformance.failures import Faults
+from binder.testing.conformance.support import IdleListener, Inbox, fetch_records
+from binders.log import LogBinder, LogOptions
+from binders.log.engine import Broker
+from binders.log.engine.segment import CorruptLogError
+
+FAST_RETRY = {"max-attempts": 2, "back-off-initial-interval": 0.01}
+
+
+@pytest.fixture
+def broker() -> Any:
+    name = f"supervision-{uuid.uuid4().hex}"
+    yield name
+    Broker.forget(name)
+
+
+def _app(broker: str, bindings: dict[str, Any], **section: Any) -> App:
+    doc = {"binders": {"local": {"type": "log", "broker": broker}}, "bindings": bindings}
+    return App(config={"binder": {**doc, **section}}, environ={})
+
+
+def _wrapped(app: App, wrap: Any) -> App:
+    from binder import plugins
+
+    kind = plugins.binder_types()["log"]
+    app._binder_factory = lambda name, entry: wrap(kind.create(name, entry.options))
+    return app
+
+
+async def _read_after(broker: str, dest: str, group: str) -> bytes:
+    """Send a witness and read what ``group`` reads first: everything before it was
+    committed when the witness comes first."""
+    binder = LogBinder("raw", LogOptions(broker=broker))
+    await binder.start()
+    producer = await binder.producer(_spec(dest))
+    await producer.send_batch([OutboundRecord(b'"witness"', partition=0)])
+    consumer = await binder.consumer(ConsumerSpec(dest, group), IdleListener())
+    try:
+        return (await fetch_records(consumer, 1))[0].value
+    finally:
+        await consumer.close()
+        await binder.close()
+
+
+def _spec(dest: str) -> Any:
+    from binder.spi import ProducerSpec
+
+    return ProducerSpec(dest)
+
+
+def test_refused_send_with_two_lanes_is_dead_lettered_and_the_partition_commits(
+    broker: str,
+) -> None:
+    dest, group = f"in-{uuid.uuid4().hex[:6]}", "g"
+    out = f"{dest}-out"
+    faults = Faults(lambda d, r: d == out and b"poison" in r.value)
+    app = _wrapped(
+        _app(
+            broker,
+            {
+                "relay-in-0": {
+                    "destination": dest,
+                    "group": group,
+                    "consumer": {**FAST_RETRY, "concurrency": 2},
+                },
+                "relay-out-0": {"destination": out},
+                "inspect-in-0": {"destination": f"{dest}.{group}.dlq", "group": "i"},
+            },
+        ),
+        faults.wrap,
+    )
+    handled: Inbox[Any] = Inbox()
+    letters: Inbox[Message[Any]] = Inbox()
+
+    @app.function
+    async def relay(payload: str) -> str:
+        handled.add(payload)
+        return payload
+
+    @app.consumer
+    async def inspect(message: Message[Any]) -> None:
+        letters.add(message)
+
+    async def scenario() -> tuple[BindingState, list[Any], bytes]:
+        async with app:
+            for n in range(20):
+                await app.send(dest, "poison" if n == 5 else f"m{n}", key=f"k{n % 4}")
+            await letters.wait_count(1)
+            await handled.wait_until(
+                lambda items: {f"m{n}" for n in range(6, 20)} <= set(items), "m6..m19"
+            )
+            binding = app.binding("relay-in-0")
+            await binding.on_revoked({0})  # nothing left pending: a rebalance would not wait
+            state = binding.state
+        return state, letters.items, await _read_after(broker, dest, group)
+
+    state, letters_seen, first_after = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert state is BindingState.RUNNING
+    assert letters_seen[0].headers[EXCEPTION_TYPE] == "binder.errors.BackendError"
+    assert first_after == b'"witness"', "every message was committed, the refused one too"
+
+
+class _RefusingCommits:
+    """A consumer whose first ``refusals`` commits raise, as a backend refusing them."""
+
+    def __init__(self, inner: Any, refusals: int) -> None:
+        self._inner, self.refusals = inner, refusals
+
+    async def commit(self, records: Sequence[InboundRecord]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise BackendError("commit refused (injected)")
+        await self._inner.commit(records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CommitFaults:
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    def wrap(self, binder: Binder) -> Binder:
+        faults = self
+
+        class Wrapped:
+            name, capabilities = binder.name, binder.capabilities
+
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(binder, attr)
+
+            async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> Any:
+                inner = await binder.consumer(spec, listener)
+                return _RefusingCommits(inner, faults.refusals)
+
+        return Wrapped()  # type: ignore[return-value]
+
+
+def test_a_refused_commit_is_retried(broker: str, caplog: pytest.LogCaptureFixture) -> None:
+    dest = f"in-{uuid.uuid4().hex[:6]}"
+    app = _wrapped(
+        _app(broker, {"sink-in-0": {"destination": dest, "group": "g"}}), _CommitFaults(2).wrap
+    )
+    inbox: Inbox[Any] = Inbox()
+
+    @app.consumer
+    async def sink(payload: Any) -> None:
+        inbox.add(payload)
+
+    async def scenario() -> tuple[BindingState, bytes]:
+        async with app:
+            await app.send(dest, "one")
+            await inbox.wait_for("one")
+            state = app.binding("sink-in-0").state
+        return state, await _read_after(broker, dest, "g")
+
+    with caplog.at_level(logging.WARNING, "binder.bindings"):
+        state, first_after = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert state is BindingState.RUNNING
+    assert first_after == b'"witness"', "the commit went through on its third try"
+    assert caplog.text.count("commit failed") == 2
+
+
+def test_a_binding_whose_broker_closed_restarts_on_a_new_one(
+    broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dest = f"in-{uuid.uuid4().hex[:6]}"
+    app = _app(broker, {"sink-in-0": {"destination": dest, "group": "g"}})
+    inbox: Inbox[Any] = Inbox()
+
+    @app.consumer
+    async def sink(payload: Any) -> None:
+        inbox.add(payload)
+
+    async def scenario() -> tuple[list[BindingState], int, Any]:
+        async with app:
+            binding = app.binding("sink-in-0")
+            assert isinstance(binding, InputBinding)
+            await app.send(dest, "before")
+            await inbox.wait_for("before")
+            Broker.forget(broker)  # the backend goes away under its members
+            states = [await _state_after(binding, BindingState.FAILED)]
+            states.append(await _state_after(binding, BindingState.RUNNING))
+            sender = _app(broker, {})
+            async with sender:
+                await sender.send(dest, "after")
+            await inbox.wait_for("after")
+            return states, binding.restarts, binding.error
+
+    with caplog.at_level(logging.WARNING, "binder.bindings"):
+        states, restarts, error = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert states == [BindingState.FAILED, BindingState.RUNNING]
+    assert restarts == 1 and error is None
+    assert "the consumer closed while the binding ran" in caplog.text
+    assert "restarting in 1 s" in caplog.text
+
+
+async def _state_after(binding: InputBinding, wanted: BindingState, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while binding.state is not wanted and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return binding.state
+
+
+def _damaged_log(path: Path, dest: str) -> None:
+    """A durable log whose topic ``dest`` has three batches, the second one damaged."""
+    broker = Broker("setup", storage=_durable_storage(path))
+    broker.create_topic(dest, 1)
+    now = time.time()
+    for b in range(3):
+        broker.append(dest, 0, [(None, f'"v{b}-{i}"'.encode(), {}, now) for i in range(4)])
+    broker.close()
+    segment = sorted((path / "topics" / dest / "0").glob("*.log"))[-1]
+    raw = bytearray(segment.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+    segment.with_suffix(".index").unlink()
+
+
+def _durable_storage(path: Path) -> Any:
+    from binders.log.engine.durable import DurableStorage, StorageSettings
+
+    return DurableStorage(path, StorageSettings())
+
+
+def test_a_binding_that_cannot_read_fails_with_the_cause_and_keeps_restarting(
+    tmp_path: Path,
+) -> None:
+    dest = "damaged"
+    _damaged_log(tmp_path / "log", dest)
+    doc = {
+        "binders": {"disk": {"type": "log", "path": str(tmp_path / "log")}},
+        "bindings": {"sink-in-0": {"destination": dest, "group": "g"}},
+    }
+    app = App(config={"binder": doc}, environ={})
+    inbox: Inbox[Any] = Inbox()
+
+    @app.consumer
+    async def sink(payload: Any) -> None:
+        inbox.add(payload)
+
+    async def scenario() -> tuple[int, BindingState, Any]:
+        async with app:
+            binding = app.binding("sink-in-0")
+            assert isinstance(binding, InputBinding)
+            await inbox.wait_count(4)
+            deadline = time.monotonic() + 10
+            while binding.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await _state_after(binding, BindingState.FAILED)
+            return binding.restarts, binding.state, binding.error
+
+    restarts, state, error = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert restarts >= 1 and state is BindingState.FAILED
+    assert isinstance(error, CorruptLogError)
+
+
+APP_MODULE = """
+from binder import App
+
+app = App()
+
+
+@app.consumer
+def sink(payload):
+    print("handled", payload, flush=True)
+"""
+
+
+def test_on_binding_failure_exit_makes_binder_run_exit_with_status_1(tmp_path: Path) -> None:
+    dest = "damaged"
+    _damaged_log(tmp_path / "log", dest)
+    (tmp_path / "failing_app.py").write_text(APP_MODULE)
+    (tmp_path / "application.yml").write_text(
+        textwrap.dedent(
+            f"""
+            binder:
+              on-binding-failure: exit
+              binders:
+                disk: {{type: log, path: "{tmp_path / "log"}"}}
+              bindings:
+                sink-in-0: {{destination: {dest}, group: g}}
+            """
+        )
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "binder", "run", "failing_app:app", "--config", "application.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 30
+    assert done.stdout.count("handled") == 4
+    assert "binding sink-in-0 failed: CorruptLogError" in done.stderr
+    assert "on-binding-failure: exit" in done.stderr

@@ -17,6 +17,11 @@ consume them all in a consumer group, committing after each fetched batch.
   the binder's producer uses inside: the fastest way to produce with the client, but
   not the way most code is written, so not the target's anchor.
 
+Then a backlog: N (:data:`BACKLOG_N`) keyed messages to one partition with every send
+outstanding at once, raw ``send`` per message without awaiting its delivery then ``flush``,
+against ``app.send`` per message then one ``gather`` of all, and both again awaiting each
+1,000 (:data:`BACKLOG_CHUNK`) before the next; the anchor of every ratio is raw all-outstanding.
+
 Then latency: one timestamp every 5 ms, raw ``send_and_wait`` → ``getmany`` against
 ``await app.send`` → ``@app.consumer``, both with a 10 ms fetch wait (see
 :data:`LATENCY_FETCH_WAIT_MS`).
@@ -47,6 +52,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from binder import App
+from binder.partitioning import select_partition
 from binder.spi import Binder, ConsumerSpec, OutboundRecord, ProducerSpec
 from binder.testing.conformance.support import IdleListener
 from binders.kafka import KAFKA_BINDER_TYPE, KafkaOptions
@@ -204,7 +210,9 @@ async def spi_produce(servers: str, topic: str, n: int) -> float:
     await binder.start()
     try:
         producer = await binder.producer(ProducerSpec(topic, PARTITIONS))
-        records = [OutboundRecord(VALUE, key) for key in _keys(n)]
+        records = [  # placed as the core would: the binder writes the partition it is given
+            OutboundRecord(VALUE, key, {}, select_partition(key, PARTITIONS)) for key in _keys(n)
+        ]
         started = time.perf_counter()
         await producer.send_batch(records)
         return n / (time.perf_counter() - started)
@@ -266,11 +274,11 @@ async def _round(servers: str, n: int) -> dict[str, list[float]]:
     return figures
 
 
-async def _create(servers: str, topic: str) -> None:
+async def _create(servers: str, topic: str, partitions: int = PARTITIONS) -> None:
     binder = _binder(servers)
     await binder.start()
     try:
-        await binder.provision(topic, PARTITIONS)
+        await binder.provision(topic, partitions)
     finally:
         await binder.close()
 
@@ -283,6 +291,58 @@ async def _delete(servers: str, *topics: str) -> None:
             await binder.delete(topic)
     finally:
         await binder.close()
+
+
+# -- many sends outstanding, one partition -------------------------------------------------
+
+BACKLOG_N = 20_000
+BACKLOG_CHUNK = 1_000
+BACKLOG_SHAPES = {"all": None, "chunks": BACKLOG_CHUNK}
+"""all outstanding at once, or awaited 1,000 at a time."""
+
+
+async def raw_backlog(servers: str, topic: str, n: int, chunk: int | None) -> float:
+    """``producer.send`` per message, its delivery future not awaited, then ``flush``."""
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, VALUE, key=b"warm-up")  # metadata, connection
+        keys = _keys(n)
+        step = chunk or n
+        started = time.perf_counter()
+        for start in range(0, n, step):
+            for key in keys[start : start + step]:
+                await producer.send(topic, VALUE, key=key)
+            await producer.flush()
+        return n / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def binder_backlog(servers: str, topic: str, n: int, chunk: int | None) -> float:
+    """``futures = [app.send(...) for ...]`` then ``await gather(*futures)``, per chunk."""
+    async with _app(servers) as app:
+        await app.send(topic, VALUE, key=b"warm-up")
+        keys = _keys(n)
+        step = chunk or n
+        started = time.perf_counter()
+        for start in range(0, n, step):
+            futures = [app.send(topic, VALUE, key=key) for key in keys[start : start + step]]
+            await asyncio.gather(*futures)
+        return n / (time.perf_counter() - started)
+
+
+async def _backlog_round(servers: str, n: int) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {}
+    topics = []
+    for shape, chunk in BACKLOG_SHAPES.items():
+        for side, run in (("raw", raw_backlog), ("app", binder_backlog)):
+            topic = f"bench-backlog-{side}-{uuid.uuid4().hex[:8]}"
+            await _create(servers, topic, 1)
+            topics.append(topic)
+            figures[f"{side} {shape}"] = [await run(servers, topic, n, chunk)]
+    await _delete(servers, *topics)
+    return figures
 
 
 # -- latency ------------------------------------------------------------------------------
@@ -379,10 +439,9 @@ ROWS = [
 def main(n: int) -> None:
     with _broker() as servers:
         rounds = [asyncio.run(_round(servers, n)) for _ in range(ROUNDS)]
+        backlog = [asyncio.run(_backlog_round(servers, BACKLOG_N)) for _ in range(ROUNDS)]
         latency = asyncio.run(_latencies(servers))
-    samples = {case: [f for r in rounds for f in r[case]] for case in rounds[0]}
-    best = {case: max(figures) for case, figures in samples.items()}
-    median = {case: statistics.median(figures) for case, figures in samples.items()}
+    best, median = _summary(rounds)
     print(
         f"\nKafka binder vs raw aiokafka, {n:,} keyed {len(VALUE)}-byte messages, "
         f"{PARTITIONS} partitions, broker {servers}: best (median) of {ROUNDS} runs producing, "
@@ -401,11 +460,36 @@ def main(n: int) -> None:
         f"for reference: raw aiokafka's batch API (create_batch/send_batch) {batches:,.0f} "
         f"msg/s; app.send reaches {app / batches:.2f} of it"
     )
+    _print_backlog(*_summary(backlog))
     print(
         f"latency, one message every {LATENCY_GAP * 1000:.0f} ms, fetch wait "
         f"{LATENCY_FETCH_WAIT_MS} ms: raw send_and_wait → getmany {_percentiles(latency['raw'])}; "
         f"app.send → @app.consumer {_percentiles(latency['app'])}"
     )
+
+
+def _summary(rounds: list[dict[str, list[float]]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(best, median) per case over the rounds."""
+    samples = {case: [f for r in rounds for f in r[case]] for case in rounds[0]}
+    best = {case: max(figures) for case, figures in samples.items()}
+    median = {case: statistics.median(figures) for case, figures in samples.items()}
+    return best, median
+
+
+def _print_backlog(best: dict[str, float], median: dict[str, float]) -> None:
+    print(
+        f"\nmany sends outstanding: {BACKLOG_N:,} keyed {len(VALUE)}-byte messages, 1 partition, "
+        f"best (median) of {ROUNDS} runs; ratio to raw all outstanding (send, then flush)"
+    )
+    print(f"{'shape':24} {'raw msg/s':>18} {'app.send msg/s':>18} {'ratio':>12}")
+    anchor_best, anchor_median = best["raw all"], median["raw all"]
+    for shape, label in (("all", "all outstanding"), ("chunks", f"gathers of {BACKLOG_CHUNK:,}")):
+        raw, ours = f"raw {shape}", f"app {shape}"
+        print(
+            f"{label:24} {_pair(best[raw], median[raw]):>18} "
+            f"{_pair(best[ours], median[ours]):>18} "
+            f"{best[ours] / anchor_best:5.2f} ({median[ours] / anchor_median:.2f})"
+        )
 
 
 def _pair(best: float, median: float) -> str:

@@ -10,6 +10,8 @@ In one run:
   like ``never``, ``FULL`` fsyncs each commit like ``always``), and a bare
   Python loop appending length-prefixed, crc32-checked records to a file with
   one ``os.write`` per batch (and an fsync per batch for the ``always`` row);
+- many sends outstanding (``fsync: never``, 20,000 keyed records): ``app.send`` per record
+  then one ``gather`` of all, and in gathers of 1,000, against the bare loop;
 - ``app.send`` from 1 and from 64 concurrent senders, per fsync policy, and the
   same group commit without the framework (single-record ``append_synced`` from
   64 tasks under ``batch``, from one under ``always``);
@@ -171,6 +173,49 @@ async def app_sends(root: Path, fsync: str, senders: int, n: int) -> float:
         await asyncio.gather(*(sender() for _ in range(senders)))
         elapsed = time.perf_counter() - started
     return per_sender * senders / elapsed
+
+
+BACKLOG_N = 20_000
+BACKLOG_CHUNK = 1_000
+BACKLOG_RUNS = 3
+
+
+async def app_backlog(root: Path, n: int, chunk: int | None) -> float:
+    """``futures = [app.send(...) for ...]`` then ``await gather(*futures)``, per chunk
+    (``None``: all outstanding at once); keyed, one partition, ``fsync: never``."""
+    app = _app(root, "never")
+    keys = [f"key-{i % 1000}".encode() for i in range(n)]
+    step = chunk or n
+    async with app:
+        await app.send("t", VALUE, key=b"warm-up")  # provisions the producer
+        started = time.perf_counter()
+        for start in range(0, n, step):
+            futures = [app.send("t", VALUE, key=key) for key in keys[start : start + step]]
+            await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - started
+    return n / elapsed
+
+
+def backlog(base: Path, bare: float) -> float:
+    """Print both shapes, best (median) of :data:`BACKLOG_RUNS` and their ratios to ``bare``;
+    return the lower best ratio."""
+    print(
+        f"\nmany sends outstanding, {BACKLOG_N:,} keyed records, fsync never, best (median) of "
+        f"{BACKLOG_RUNS}; ratio to the bare loop ({bare:,.0f}/s)"
+    )
+    ratios = []
+    for chunk in (None, BACKLOG_CHUNK):
+        figures = [
+            _run(base, lambda r, c=chunk: app_backlog(r, BACKLOG_N, c)) for _ in range(BACKLOG_RUNS)
+        ]
+        best, median = max(figures), statistics.median(figures)
+        label = f"gathers of {chunk:,}" if chunk else "all outstanding"
+        print(
+            f"  app.send, {label:20} {best:10,.0f} ({median:,.0f})  "
+            f"{best / bare:5.3f} ({median / bare:.3f})"
+        )
+        ratios.append(best / bare)
+    return min(ratios)
 
 
 # -- reads ---------------------------------------------------------------------------------------
@@ -336,6 +381,7 @@ def main(n: int, directory: Path | None = None) -> None:
     print(f"{'case':48} {'msg/s':>12}")
     for label, value in rows:
         print(f"{label:48} {value:12,.0f}")
+    outstanding = backlog(base, bare)
     group_commit = sends[("batch", 64)] / sends[("always", 1)]
     small, large = (_run(base, lambda r, b=b: fsync_latency(r, b)) for b in (150, 64 * 150))
     print(
@@ -346,6 +392,7 @@ def main(n: int, directory: Path | None = None) -> None:
     print(f"  batched appends (never) / SQLite WAL (NORMAL):  {never / wal:6.2f}  (>= 2)")
     print(f"  batched appends (never) / bare file loop:       {never / bare:6.2f}  (>= 0.7)")
     print(f"  app.send batch x64 / always x1:                 {group_commit:6.2f}  (>= 20)")
+    print(f"  app.send outstanding (never) / bare loop:       {outstanding:6.2f}  (>= 0.25)")
     print(f"  (engine single appends, batch x64 / always x1:  {engine_batch / engine_always:6.2f})")
 
 

@@ -1,7 +1,8 @@
 """The ``binder`` command (also ``python -m binder``).
 
 ``binder run module:app [--config FILE]``  run an app until SIGINT/SIGTERM
-``binder check FILE``                      validate a config file, print the effective config
+``binder check FILE [--app module:app]``   validate a config file, print the effective config;
+                                           with --app also against the app's functions
 ``binder log inspect|verify PATH``         a durable log directory's topics and groups, or its
                                            checksums and indexes (exit 1 on damage)
 """
@@ -17,8 +18,9 @@ from collections.abc import Sequence
 
 from binder import plugins
 from binder.app import App
-from binder.config import load_config, load_yaml, render_effective
+from binder.config import BinderSection, load_config, load_yaml, render_effective
 from binder.errors import ConfigError
+from binder.functions import check_bindings, parse_definition
 
 __all__ = ["main"]
 
@@ -51,9 +53,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     section = load_config(load_yaml(args.file), os.environ, plugins.option_models())
+    if args.app and not _check_functions(section, _load_app(args.app)):
+        return 2
     sys.stdout.write(render_effective(section))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
+
+
+def _check_functions(section: BinderSection, app: App) -> bool:
+    """Check the bindings against ``app``'s functions: warn of unused ones, report typos."""
+    pipelines = parse_definition(section.function_definition, app.functions)
+    use = check_bindings(section.bindings, pipelines, app.functions)
+    for name, why in use.unused.items():
+        print(f"warning: binder.bindings.{name}: not used by this app ({why})", file=sys.stderr)
+    for error in use.typos:
+        print(f"error: {error}", file=sys.stderr)
+    return not use.typos
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config file and print it with env applied"
     )
     check.add_argument("file", help="the YAML file")
+    check.add_argument(
+        "--app", help="module:attribute of an App whose functions the bindings must fit"
+    )
     check.set_defaults(handler=_check)
     plugins.plugin_manager().hook.binder_add_commands(commands=commands)  # e.g. `binder log`
     return parser

@@ -10,20 +10,32 @@ names joined (``uppercase|enrich`` → ``uppercaseenrich``), as in Spring.
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from binder.config import normalize_binding_name
 from binder.converters import Target
 from binder.errors import ConfigError
 from binder.message import Message
 
-__all__ = ["FunctionDef", "FunctionRegistry", "Kind", "Pipeline", "parse_definition"]
+__all__ = [
+    "BindingUse",
+    "FunctionDef",
+    "FunctionRegistry",
+    "Kind",
+    "Pipeline",
+    "check_bindings",
+    "parse_definition",
+]
 
 Kind = Literal["function", "consumer", "supplier"]
 DEFINITION = "binder.function-definition"
+_FUNCTION_BINDING = re.compile(r"^(?P<fn>.+)[-_](?:in|out)[-_]\d+$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,20 +75,46 @@ class FunctionDef:
 
 
 def _input_param(fn: Callable[..., Any], name: str) -> Param:
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(params) != 1:
-        raise ConfigError(
-            f"function {name!r} must take exactly one positional parameter", path=DEFINITION
-        )
+    """The input parameter: the one without a default; every other one needs a default."""
     try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable forward references: take the payload as it comes
-        hints = {}
-    return param_for(hints.get(params[0].name))
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"function {name!r}: cannot read its signature ({exc})", path=DEFINITION
+        ) from exc
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p for p in parameters if p.default is p.empty and p.kind not in variadic]
+    if len(required) != 1:
+        raise ConfigError(_arity_problem(name, required), path=DEFINITION)
+    (param,) = required
+    if param.kind is param.KEYWORD_ONLY:
+        raise ConfigError(
+            f"function {name!r}: keyword-only parameter {param.name!r} has no default, "
+            "but the input is passed positionally; give it a default or make it positional",
+            path=DEFINITION,
+        )
+    return param_for(_hints(fn).get(param.name))
+
+
+def _arity_problem(name: str, required: list[inspect.Parameter]) -> str:
+    wanted = (
+        f"function {name!r} must take exactly one positional parameter without a default "
+        "(its input; further parameters need defaults)"
+    )
+    if not required:
+        return f"{wanted}, and it has none"
+    names = ", ".join(repr(p.name) for p in required)
+    return f"{wanted}, but {len(required)} have none: {names}"
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations of ``fn`` (or of its ``__call__``); empty if they cannot resolve."""
+    for target in (fn, getattr(fn, "__call__", None)):  # noqa: B004 - callable objects
+        try:
+            return typing.get_type_hints(target)
+        except Exception:  # unresolvable forward references: take the payload as it comes
+            continue
+    return {}
 
 
 def param_for(annotation: Any) -> Param:
@@ -198,3 +236,66 @@ def _pipeline(entry: str, registry: FunctionRegistry) -> Pipeline:
         if stage.kind == "consumer" and position < len(stages) - 1:
             raise ConfigError(f"consumer {stage.name!r} can only come last", path=DEFINITION)
     return Pipeline(name="".join(names), stages=stages)
+
+
+@dataclass(frozen=True)
+class BindingUse:
+    """How the configured bindings relate to one process's functions (:func:`check_bindings`)."""
+
+    unused: dict[str, str] = field(default_factory=dict)
+    """Binding name → why this process does not use it: its function is registered here but
+    not active, or not registered here at all (another process sharing the file runs it)."""
+    typos: list[ConfigError] = field(default_factory=list)
+    """Bindings whose function is not registered here but is a close match of an active
+    function: surely misspelt, each with a "did you mean" hint."""
+
+
+def check_bindings(
+    names: Iterable[str], pipelines: Iterable[Pipeline], registry: FunctionRegistry
+) -> BindingUse:
+    """Sort the binding ``names`` of a configuration for the active ``pipelines``.
+
+    A name that is not a function binding (``<fn>-in-<n>`` / ``<fn>-out-<n>``), such as one
+    used only by ``app.send``, and a binding of an active function are in use. A binding of
+    a registered function (or a composition of registered functions) that is not active, or
+    of a function this process does not register, is *unused*: one file serves several
+    processes. Only a function that is neither registered nor active, yet a close match of
+    an active one, is a *typo*. Names compare as bindings match: case and ``-``/``_`` aside.
+    """
+    active = {normalize_binding_name(p.name): p.name for p in pipelines}
+    registered = {normalize_binding_name(n) for n in registry.names()}
+    use = BindingUse()
+    for name in names:
+        match = _FUNCTION_BINDING.match(name)
+        if match is None or normalize_binding_name(match["fn"]) in active:
+            continue
+        fn = match["fn"]
+        if _composed_of(normalize_binding_name(fn), registered):
+            use.unused[name] = f"function {fn!r} is registered but not active"
+        elif close := difflib.get_close_matches(normalize_binding_name(fn), active, n=1):
+            use.typos.append(_typo(name, fn, active[close[0]]))
+        else:
+            use.unused[name] = f"function {fn!r} is not registered in this app"
+    return use
+
+
+def _typo(binding: str, fn: str, active: str) -> ConfigError:
+    return ConfigError(
+        f"binding names function {fn!r}, which is not active and not registered "
+        f"(did you mean {active!r}?)",
+        path=f"binder.bindings.{binding}",
+        value=binding,
+    )
+
+
+def _composed_of(name: str, parts: set[str]) -> bool:
+    """Whether ``name`` is one or more of ``parts`` joined, as a composition's name is."""
+    reached, todo = {0}, [0]
+    while todo:  # linear in len(name): each start is expanded once, by each part
+        start = todo.pop()
+        for part in parts:
+            end = start + len(part)
+            if part and end not in reached and name.startswith(part, start):
+                reached.add(end)
+                todo.append(end)
+    return len(name) in reached

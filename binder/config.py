@@ -154,8 +154,12 @@ class ConsumerOptions(_Model):
     default_retryable: bool = True
     dead_letter: bool = True
     dead_letter_destination: str | None = None
-    """``None``: ``<destination>.<group>.dlq``."""
+    """``None``: ``<destination>.<group>.dlq``. Whatever its name, a letter goes to its
+    original partition when this destination has that many (else by key, else spread)."""
     partitioned: bool = False
+    """Accepted for Spring Cloud Stream compatibility only, and changes nothing: partitions
+    are native here, every consumer reads the partitions it is assigned (or, with
+    ``instance-count`` > 1, the partitions ``p % instance-count == instance-index``)."""
     instance_index: int = Field(0, ge=0)
     instance_count: int = Field(1, ge=1)
     batch_mode: bool = False
@@ -176,6 +180,8 @@ class ProducerOptions(_Model):
 
     partition_key_expression: str | None = None
     partition_count: int = Field(1, ge=1)
+    """The fewest partitions the destination is provisioned with; records are placed over
+    its real partition count, which may be higher (made elsewhere, or by the binder)."""
     required_groups: list[str] = Field(default_factory=list)
     _key_expression: KeyExpression | None = PrivateAttr(default=None)
 

@@ -87,7 +87,12 @@ def dead_letter_destination(destination: str, group: str | None, override: str |
 def dead_letter_record(
     record: InboundRecord, exc: BaseException, group: str | None, attempts: int
 ) -> OutboundRecord:
-    """The original key, payload and headers, plus why and where it failed."""
+    """The original key, payload and headers, plus why and where it failed.
+
+    The letter asks for its original partition: the dead-letter output keeps it when its
+    destination has that many partitions, else places it like any record (by key, else
+    with its batch's keyless records); see :class:`binder.outputs.OutputBinding`.
+    """
     cause = _unwrap(exc)
     headers = dict(record.headers)
     headers[EXCEPTION_TYPE] = f"{type(cause).__module__}.{type(cause).__qualname__}"
@@ -98,4 +103,4 @@ def dead_letter_record(
     if record.offset is not None:
         headers[ORIGINAL_OFFSET] = str(record.offset)
     headers[DELIVERY_ATTEMPT] = str(attempts)
-    return OutboundRecord(value=record.value, key=record.key, headers=headers)
+    return OutboundRecord(record.value, record.key, headers, record.partition)

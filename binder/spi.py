@@ -3,14 +3,21 @@
 A binder moves bytes, keys, headers and offsets; everything else (conversion,
 retries, dead letters, ordering, concurrency, partition selection) is done once
 in the core. A binder package registers through the ``binder`` entry-point
-group with a module that implements :func:`binder_add_binder_types`, exactly as
-the built-in ``binders.log`` does.
+group with a module that implements the hooks of :class:`BinderSpec`
+(``binder_add_binder_types``, ...), exactly as the built-in ``binders.log`` does;
+``binders.log`` also answers ``binder_make_test_binder``, which gives ``app.test()``
+its in-memory binders without the core importing a backend.
+
+The core calls, in order: :meth:`Binder.start`; :meth:`Binder.provision` for each
+destination it sends to (the count it returns is what records are placed over);
+:meth:`Binder.producer` and :meth:`Producer.send_batch`; :meth:`Binder.consumer`,
+then :meth:`Consumer.fetch` / :meth:`Consumer.commit` in a loop; ``close`` last.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -77,16 +84,20 @@ class Capabilities:
 
 @dataclass(slots=True)
 class OutboundRecord:
-    """What the core hands a producer: wire key and value, string headers.
+    """What the core hands a producer: wire key and value, string headers, the partition.
 
-    ``partition`` is chosen by the core when the binding is partitioned;
-    ``None`` lets the binder spread keyless messages (or apply its own default).
+    ``partition`` is always chosen by the core (:class:`binder.outputs.OutputBinding`):
+    by the binding's key expression or the key (murmur2), keyless records sticky per
+    batch, a dead letter on its original partition when the destination has it. It is
+    within the partition count :meth:`Binder.provision` returned; a binder writes it as
+    given and never places a record itself. A record built by hand (tools, tests)
+    without one goes to partition 0.
     """
 
     value: bytes
     key: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    partition: int | None = None
+    partition: int = 0
 
 
 @dataclass(slots=True)
@@ -109,11 +120,11 @@ class InboundRecord:
 
 @dataclass(frozen=True)
 class ProducerSpec:
-    """Where a producer sends and with what partitioning."""
+    """Where a producer sends: ``destination``, already provisioned by the core with
+    ``partition_count`` (what :meth:`Binder.provision` returned)."""
 
     destination: str
     partition_count: int = 1
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,39 +133,36 @@ class ConsumerSpec:
 
     ``start`` overrides where a group without a committed position begins;
     ``None`` means the contract's default (named group: earliest, anonymous:
-    latest). ``instance_count`` > 1 asks for static partition assignment.
+    latest). ``instance_count`` > 1 asks for static partition assignment: this
+    instance owns the partitions ``p % instance_count == instance_index``.
+    ``max_records`` bounds what one :meth:`Consumer.fetch` returns.
     """
 
     destination: str
     group: str | None
-    partition_count: int = 1
     instance_index: int = 0
     instance_count: int = 1
     start: Literal["earliest", "latest"] | None = None
     max_records: int = 500
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Producer(Protocol):
-    """Sends records to one destination."""
-
-    async def send(self, record: OutboundRecord) -> None:
-        """Return once the backend has accepted ``record`` (ack, confirm, append).
-
-        Concurrent calls may be pipelined; records from one task keep their order
-        per partition. Raises :class:`~binder.errors.BackendError` on refusal and
-        :class:`~binder.errors.ClosedError` after :meth:`close`.
-        """
+    """Sends records to one destination; made by :meth:`Binder.producer`."""
 
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
-        """Send ``records`` in order, pipelined; return once the backend accepted all of them.
+        """Send ``records`` in order, pipelined; return once the backend accepted all of them
+        (Kafka ack, publisher confirm, Redis reply, log append under its fsync policy).
 
-        Records are handed to the backend before the first ``await`` of the call, so
-        concurrent calls keep the order in which they were made (the core relies on it:
-        ``app.send`` delivers one batch per loop iteration without waiting for the last).
+        Each record goes to its ``partition`` as given. Records are handed to the backend
+        before the first ``await`` of the call, so concurrent calls keep the order in which
+        they were made (the core relies on it: ``app.send`` delivers one batch per loop
+        iteration without waiting for the last); order per partition is call order.
 
-        On failure some may have been accepted (at-least-once: the caller resends all).
+        Raises :class:`~binder.errors.BackendError` when the backend refuses a record or
+        fails or cannot be reached, :class:`~binder.errors.ClosedError` after :meth:`close`.
+        On failure some records may have been accepted (at least once: the caller resends
+        all). Cancelling the call abandons only the wait: the records may still be written.
         """
 
     async def close(self) -> None:
@@ -177,14 +185,23 @@ class RebalanceListener(Protocol):
 
 @runtime_checkable
 class Consumer(Protocol):
-    """Reads one destination for one group (or anonymously)."""
+    """Reads one destination for one group (or anonymously); made by :meth:`Binder.consumer`.
+
+    :meth:`fetch` is called by one task at a time; the other methods from any task of
+    the same event loop.
+    """
 
     async def fetch(self) -> list[InboundRecord]:
-        """Block until at least one record is available; ``[]`` once closed.
+        """Block until at least one record is available; ``[]`` once closed (never
+        :class:`~binder.errors.ClosedError`).
 
-        Records of one partition come in offset order; a record is fetched
-        again (by this or another member) only if it was not committed before
-        its partition moved or its consumer died.
+        Records of one partition come in offset order; a record is fetched again (by
+        this or another member) only if it was not committed before its partition moved
+        or its consumer died. Safe to cancel: a cancelled fetch loses no record (what it
+        had taken is fetched again by the next call). While a rebalance is in progress
+        it returns nothing of the partitions being moved. Raises
+        :class:`~binder.errors.BackendError` when the backend fails or cannot be reached
+        (the core then closes this consumer and opens a new one after a back-off).
         """
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
@@ -195,43 +212,81 @@ class Consumer(Protocol):
         may finish the acknowledgement in the background (coalescing later calls
         into one request), provided it is done before the partitions are given up
         in a rebalance and before :meth:`close` returns, and a failure is raised
-        from a later call; a crash in between redelivers (at least once).
+        from a later call; a crash in between redelivers (at least once). Raises
+        :class:`~binder.errors.BackendError` when the backend refused or failed (the
+        core retries with back-off).
         """
 
     def pause(self) -> None:
-        """Stop returning records from :meth:`fetch` (membership is kept)."""
+        """Stop returning records from :meth:`fetch` (membership is kept, rebalances are
+        still handled). Survives a reassignment: partitions assigned while paused stay
+        paused until :meth:`resume`. Idempotent; does not block."""
 
     def resume(self) -> None:
-        """Undo :meth:`pause`."""
+        """Undo :meth:`pause`, waking a waiting :meth:`fetch`. Idempotent; does not block."""
 
     async def close(self) -> None:
         """Leave the group, after acknowledgements already accepted by :meth:`commit`
         are done, without committing anything more. Idempotent.
 
-        Records fetched but not committed are redelivered to the group.
+        Records fetched but not committed are redelivered to the group. A waiting
+        :meth:`fetch` returns ``[]``.
         """
 
 
 @runtime_checkable
 class Binder(Protocol):
-    """One configured backend connection: provisions destinations, makes clients."""
+    """One configured backend connection: provisions destinations, makes clients.
+
+    A binder is used from one event loop: the loop of the app that started it (every
+    method, and the clients it makes, run there; a binder may keep loop-bound state).
+    Methods other than :meth:`start` and :meth:`close` raise
+    :class:`~binder.errors.ClosedError` once it is closed (until started again).
+    """
 
     name: str
     capabilities: Capabilities
 
     async def start(self) -> None:
-        """Connect. Raises :class:`~binder.errors.BackendError` naming the server."""
+        """Connect. Idempotent. Raises :class:`~binder.errors.BackendError` naming the
+        server when it cannot be reached."""
 
     async def provision(
-        self, destination: str, partition_count: int, required_groups: Sequence[str] = ()
-    ) -> None:
-        """Create ``destination`` (and durable ``required_groups``) if missing. Idempotent."""
+        self,
+        destination: str,
+        partition_count: int,
+        required_groups: Sequence[str] = (),
+        *,
+        dead_letters_of: str | None = None,
+    ) -> int:
+        """Make ``destination`` exist with at least ``partition_count`` partitions (and
+        durable ``required_groups`` on it); return its real partition count. Idempotent.
+
+        The count returned may be larger than asked (the destination was made elsewhere,
+        or the binder creates destinations with more): the core places records over it.
+        ``dead_letters_of`` names the destination whose dead letters ``destination``
+        receives; a binder may create it to match (Kafka's ``dlq-partition-count: same``:
+        as many partitions as that one, so each letter keeps its partition). Raises
+        :class:`~binder.errors.ConfigError` when the destination cannot be what is asked
+        (too few partitions and growing is off), :class:`~binder.errors.BackendError`
+        when the backend fails.
+        """
 
     async def producer(self, spec: ProducerSpec) -> Producer:
-        """A producer for ``spec.destination``, provisioning it if needed."""
+        """A producer for ``spec.destination``, which the core provisioned first (a binder
+        may still make a missing one, as :meth:`provision` would with one partition).
+        Raises :class:`~binder.errors.BackendError` when the backend fails."""
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> Consumer:
-        """A consumer subscribed from now on; the group starts as ``ConsumerSpec`` says."""
+        """A consumer of ``spec.destination`` (made with the binder's default partitions if
+        missing), the group starting as :class:`ConsumerSpec` says.
+
+        Returns only once the subscription is live: every record sent after it returns
+        reaches this consumer (anonymous) or its group. ``listener`` is called from
+        within :meth:`Consumer.fetch` or the client's own tasks on this loop. Raises
+        :class:`~binder.errors.BackendError` when the backend fails, cannot be reached or
+        gives no assignment in time.
+        """
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         """Remove ``destination`` and its groups (tests clean up with it). Idempotent."""
@@ -286,3 +341,16 @@ class BinderSpec:
     @hookspec
     def binder_add_converters(self) -> Sequence[Any]:  # type: ignore[empty-body]
         """Content-type converters (:class:`binder.converters.Converter`) to add."""
+
+    @hookspec(firstresult=True)
+    def binder_make_test_binder(self, name: str, entry: Any, broker: str) -> Binder | None:
+        """An in-memory binder for ``app.test()``, standing in for the app's binder ``name``
+        (``entry`` is its configuration: ``entry.type``, ``entry.options``), on the private
+        in-memory broker called ``broker`` (made on first use; apps given the same name
+        share its destinations and groups). ``None`` from a plugin that has none; the
+        first answer is used (the built-in ``binders.log`` gives one)."""
+
+    @hookspec
+    def binder_drop_test_broker(self, broker: str) -> None:
+        """Forget the in-memory broker ``broker`` made for a test (its destinations, groups
+        and offsets); nothing when there is none. Idempotent."""

@@ -1,7 +1,12 @@
-"""The ``kafka`` binder: aiokafka clients behind the binder SPI.
+"""The ``kafka`` binder: aiokafka clients behind the binder SPI, its capabilities and type.
 
 One admin connection provisions topics; one producer client, shared by every
 destination, sends; each input binding has its own consumer client.
+
+This module imports no client at load time (``import binders.kafka`` loads it, also
+without the ``kafka`` extra, so ``binder check`` validates Kafka options): aiokafka and
+the modules built on it (``admin``, ``producer``, ``consumer``, ``errors``) are imported
+when a binder is created and its clients are made.
 """
 
 from __future__ import annotations
@@ -9,20 +14,37 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel
 
 from binder.errors import BackendError, ClosedError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
-from binders.kafka.admin import Provisioner
-from binders.kafka.consumer import KafkaConsumer
-from binders.kafka.errors import backend_errors
 from binders.kafka.options import KafkaOptions
-from binders.kafka.producer import KafkaProducer, SendQueue
 
-__all__ = ["KafkaBinder", "client_settings"]
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+    from binders.kafka.admin import Provisioner
+    from binders.kafka.consumer import KafkaConsumer
+    from binders.kafka.producer import KafkaProducer, SendQueue
+
+__all__ = ["CAPABILITIES", "KAFKA_BINDER_TYPE", "KafkaBinder", "client_settings"]
+
+CAPABILITIES = Capabilities(
+    consumer_groups=True,
+    native_partitions=True,
+    order_per_key=True,
+    persistence=True,
+    replay_to_new_groups=True,
+    redelivery_on_failure=True,
+    anonymous_consumers=True,
+    offsets=True,
+    max_payload_bytes=1_000_000,
+)
+"""``max_payload_bytes``: a broker's default ``message.max.bytes`` (1 MiB + 12) bounds a
+record batch, so payload, key, headers and framing together stay under 1 MiB."""
 
 
 class KafkaBinder:
@@ -44,6 +66,8 @@ class KafkaBinder:
         """Connect the admin client: BackendError naming the broker when unreachable."""
         if self._admin is not None:
             return
+        from binders.kafka.admin import Provisioner
+
         self._connection = client_settings(self.name, self.options)
         admin = Provisioner(self.name, self.options, self._connection)
         try:
@@ -60,36 +84,44 @@ class KafkaBinder:
         return self._admin
 
     async def provision(
-        self, destination: str, partition_count: int, required_groups: Sequence[str] = ()
-    ) -> None:
-        creating = self._default_partitions(destination)
+        self,
+        destination: str,
+        partition_count: int,
+        required_groups: Sequence[str] = (),
+        *,
+        dead_letters_of: str | None = None,
+    ) -> int:
+        """The topic with at least ``partition_count`` partitions, made with at least
+        ``default-partition-count`` (a dead-letter topic: ``dlq-partition-count``); its
+        partition count."""
+        creating = self.options.default_partition_count
+        if dead_letters_of is not None:
+            creating = await self._dead_letter_partitions(dead_letters_of)
         count = await self.admin.ensure_topic(destination, partition_count, creating)
         if required_groups:
             await self.admin.ensure_groups(destination, required_groups, count)
+        return count
 
-    def _default_partitions(self, destination: str) -> int:
-        """The fewest partitions this binder creates ``destination`` with."""
-        if not destination.endswith(".dlq"):
-            return self.options.default_partition_count
+    async def _dead_letter_partitions(self, source: str) -> int:
+        """Partitions a dead-letter topic of ``source`` is made with: ``dlq-partition-count``,
+        or with ``same`` as many as ``source`` has (one when it does not exist yet)."""
         if self.options.dlq_partition_count != "same":
             return self.options.dlq_partition_count
-        return self._source_partitions(destination) or 1
-
-    def _source_partitions(self, dlq: str) -> int | None:
-        """Partitions of the topic ``dlq`` receives dead letters of: the longest topic this
-        binder knows whose name ``dlq`` extends (``<topic>.<group>.dlq``); it consumed that
-        topic before any dead letter, so it knows it."""
-        known = self.admin.known()
-        sources = [topic for topic in known if dlq.startswith(f"{topic}.") and topic != dlq]
-        return known[max(sources, key=len)] if sources else None
+        admin = self.admin
+        return admin.known().get(source) or await admin.partition_count(source) or 1
 
     async def producer(self, spec: ProducerSpec) -> KafkaProducer:
+        from binders.kafka.producer import KafkaProducer
+
         await self.provision(spec.destination, spec.partition_count)
-        keep = spec.destination.endswith(".dlq") and self.options.dlq_partition_count == "same"
-        partitions = self.admin.known().get(spec.destination) if keep else None
-        return KafkaProducer(await self._send_queue(), spec.destination, self._servers, partitions)
+        return KafkaProducer(await self._send_queue(), spec.destination, self._servers)
 
     async def _send_queue(self) -> SendQueue:
+        from aiokafka import AIOKafkaProducer
+
+        from binders.kafka.errors import backend_errors
+        from binders.kafka.producer import SendQueue
+
         async with self._producer_lock:
             if self._sends is None:
                 action = "start producer"
@@ -103,7 +135,11 @@ class KafkaBinder:
             return self._sends
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> KafkaConsumer:
-        creating = self._default_partitions(spec.destination)
+        from aiokafka import AIOKafkaConsumer
+
+        from binders.kafka.consumer import KafkaConsumer
+
+        creating = self.options.default_partition_count
         count = await self.admin.ensure_topic(spec.destination, 1, creating)
         client = AIOKafkaConsumer(**self._connection, **self._consumer_settings(spec))
         flush_timeout = self.options.request_timeout_ms / 1000
@@ -172,6 +208,8 @@ def client_settings(name: str, options: KafkaOptions) -> dict[str, Any]:
     """
     settings = dict(options.connection())
     if options.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
         path = f"binder.binders.{name}"
         secret = f"{path}.ssl-password"
         asked = False
@@ -210,3 +248,26 @@ def client_settings(name: str, options: KafkaOptions) -> dict[str, Any]:
         context.check_hostname = options.ssl_check_hostname
         settings["ssl_context"] = context
     return settings
+
+
+@dataclass(frozen=True)
+class _KafkaBinderType:
+    name: str = "kafka"
+    capabilities: Capabilities = CAPABILITIES
+    options: type[BaseModel] = KafkaOptions
+
+    def create(self, name: str, options: BaseModel) -> KafkaBinder:
+        assert isinstance(options, KafkaOptions)
+        try:
+            import aiokafka  # noqa: F401  (the clients are imported when first made)
+        except ImportError as exc:
+            raise ConfigError(
+                f"the kafka binder needs aiokafka ({exc}): pip install 'streambinder[kafka]'",
+                path=f"binder.binders.{name}.type",
+                value="kafka",
+            ) from None
+        return KafkaBinder(name, options, self.capabilities)
+
+
+KAFKA_BINDER_TYPE = _KafkaBinderType()
+"""Apache Kafka (and Kafka-compatible brokers) through aiokafka."""

@@ -63,9 +63,10 @@ class KafkaOptions(BinderOptions):
     """The fewest partitions of a topic the binder creates (for a consumer, an ad-hoc
     ``app.send``, or a binding asking for fewer)."""
     dlq_partition_count: Annotated[int, Field(ge=1)] | Literal["same"] = "same"
-    """Partitions of a dead-letter topic the binder creates (a destination ending in
-    ``.dlq``): ``same`` as the topic whose messages it receives, each dead letter going to
-    its original partition (as Spring Cloud Stream does), or a number (1: one partition)."""
+    """Partitions of a dead-letter topic the binder creates (the dead-letter destination of
+    an input binding, whatever its name): ``same`` as the topic whose messages it receives,
+    so each dead letter keeps its original partition (as Spring Cloud Stream does), or a
+    number (1: one partition). An existing topic is used as it is."""
 
     # -- producer ---------------------------------------------------------------------------
     acks: Annotated[Literal[0, 1, -1, "all"], BeforeValidator(_number_if_numeric)] = "all"

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from binder.errors import BackendError, ConfigError
+from binder.errors import BackendError, ClosedError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
 from binders.log.consumer import LogConsumer
 from binders.log.engine import Broker, memory_logs
 from binders.log.engine.disk import TopicPolicy
 from binders.log.engine.durable import DurableStorage, StorageSettings
+from binders.log.errors import engine_errors
 from binders.log.options import LogOptions, TopicOptions
 from binders.log.producer import LogProducer
 
@@ -108,10 +110,8 @@ class _DurableBrokers:
 
 
 def _open_durable(name: str, root: Path, settings: StorageSettings, key: str) -> Broker:
-    try:
+    with engine_errors(f"open {root} ({key})"):
         return Broker(name, storage=DurableStorage(root, settings))
-    except OSError as exc:
-        raise BackendError(f"log: cannot open {root} ({key}): {exc}") from exc
 
 
 _durable = _DurableBrokers()
@@ -136,9 +136,14 @@ class LogBinder:
             self.capabilities = dataclasses.replace(type(self).capabilities, persistence=True)
         self._broker: Broker | None = None
         self._durable = False
+        self._closed = False
+        self._clients: weakref.WeakSet[LogProducer | LogConsumer] = weakref.WeakSet()
 
     @property
     def broker(self) -> Broker:
+        """The broker this binder works on; ClosedError once closed (until started again)."""
+        if self._closed:
+            raise ClosedError(f"log binder {self.name!r} is closed")
         if self.options.path is not None:
             if self._broker is None:
                 raise BackendError(f"log binder {self.name!r} is not started")
@@ -153,6 +158,7 @@ class LogBinder:
 
     async def start(self) -> None:
         options = self.options
+        self._closed = False
         if options.path is None:
             _ = self.broker
             return
@@ -171,35 +177,61 @@ class LogBinder:
         self._durable = True
 
     async def provision(
-        self, destination: str, partition_count: int, required_groups: Sequence[str] = ()
-    ) -> None:
+        self,
+        destination: str,
+        partition_count: int,
+        required_groups: Sequence[str] = (),
+        *,
+        dead_letters_of: str | None = None,
+    ) -> int:
+        """The topic with at least ``partition_count`` (and ``default-partition-count``)
+        partitions; a dead-letter topic is created with as many as the topic it serves, so
+        each letter keeps its partition. Returns its partition count."""
         broker = self.broker
-        broker.create_topic(destination, max(partition_count, self.options.default_partition_count))
-        for group in required_groups:
-            broker.register_group(destination, group)
+        wanted = max(partition_count, self.options.default_partition_count)
+        if dead_letters_of is not None and broker.topic(destination) is None:
+            source = broker.topic(dead_letters_of)
+            wanted = max(wanted, source.partition_count if source is not None else 1)
+        with engine_errors(f"provision {destination!r}"):
+            topic = broker.create_topic(destination, wanted)
+            for group in required_groups:
+                broker.register_group(destination, group)
+        return topic.partition_count
 
     async def producer(self, spec: ProducerSpec) -> LogProducer:
         await self.provision(spec.destination, spec.partition_count)
-        return LogProducer(self.broker, spec.destination)
+        producer = LogProducer(self.broker, spec.destination)
+        self._clients.add(producer)
+        return producer
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> LogConsumer:
         broker = self.broker
-        broker.create_topic(spec.destination, self.options.default_partition_count)
         static = (spec.instance_index, spec.instance_count) if spec.instance_count > 1 else None
-        member = broker.join(
-            spec.destination,
-            spec.group,
-            start=spec.start,
-            static=static,
-            on_revoke=listener.on_revoked,
-            on_assign=listener.on_assigned,
-        )
-        return LogConsumer(member, spec)
+        with engine_errors(f"subscribe to {spec.destination!r}"):
+            broker.create_topic(spec.destination, self.options.default_partition_count)
+            member = broker.join(
+                spec.destination,
+                spec.group,
+                start=spec.start,
+                static=static,
+                on_revoke=listener.on_revoked,
+                on_assign=listener.on_assigned,
+            )
+        consumer = LogConsumer(member, spec)
+        self._clients.add(consumer)
+        return consumer
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
-        self.broker.delete_topic(destination)
+        with engine_errors(f"delete {destination!r}"):
+            self.broker.delete_topic(destination)
 
     async def close(self) -> None:
+        """Close the producers and consumers it made, and release the broker. Idempotent."""
+        self._closed = True
+        clients = list(self._clients)
+        self._clients.clear()
+        for client in clients:
+            await client.close()
         broker, self._broker = self._broker, None
         if self._durable and broker is not None:
             self._durable = False

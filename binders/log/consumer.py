@@ -6,27 +6,39 @@ from collections.abc import Sequence
 
 from binder.spi import ConsumerSpec, InboundRecord
 from binders.log.engine import Member
+from binders.log.errors import ENGINE_ERRORS, backend_error
 
 __all__ = ["LogConsumer"]
 
 
 class LogConsumer:
-    """One member of a group on one topic; commits are the group's offsets."""
+    """One member of a group on one topic; commits are the group's offsets.
+
+    A fetch is safe to cancel (the member advances only when it returns records); a
+    pause is the member's and outlasts any reassignment.
+    """
 
     def __init__(self, member: Member, spec: ConsumerSpec) -> None:
         self._member = member
         self._max = spec.max_records
+        self._topic = spec.destination
 
     async def fetch(self) -> list[InboundRecord]:
-        return await self._member.poll(self._max)
+        try:
+            return await self._member.poll(self._max)
+        except ENGINE_ERRORS as exc:
+            raise backend_error(f"fetch from {self._topic!r}", exc) from exc
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
         last: dict[int, int] = {}
         for record in records:
             assert record.offset is not None
             last[record.partition] = record.offset
-        for partition, offset in last.items():
-            self._member.commit(partition, offset + 1)
+        try:
+            for partition, offset in last.items():
+                self._member.commit(partition, offset + 1)
+        except ENGINE_ERRORS as exc:
+            raise backend_error(f"commit on {self._topic!r}", exc) from exc
 
     def pause(self) -> None:
         self._member.pause()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,8 @@ from binder.converters import ConverterRegistry
 from binder.errors import ClosedError, ConversionError
 from binder.outputs import OutputBinding
 from binder.partitioning import compile_expression, select_partition
-from binder.spi import OutboundRecord
+from binder.retry import dead_letter_record
+from binder.spi import InboundRecord, OutboundRecord
 from binders.log import LogOptions
 from binders.log.binder import LogBinder
 from binders.log.engine import Broker
@@ -44,7 +46,7 @@ def test_record_encodes_with_binding_content_type_and_sets_header(binder: LogBin
     assert record.value == b'{"id":1}'
     assert record.key == b"c-42"
     assert record.headers == {"source": "api", "contentType": "application/json"}
-    assert record.partition is None
+    assert record.partition == 0
 
 
 def test_caller_content_type_header_is_kept_and_used(binder: LogBinder) -> None:
@@ -92,8 +94,9 @@ def test_records_encodes_a_list_of_outputs(binder: LogBinder) -> None:
 # -- partition selection ---------------------------------------------------------------------
 
 
-def test_unpartitioned_binding_leaves_partition_to_the_binder(binder: LogBinder) -> None:
-    assert _output(binder).record({"id": 1}, "c-42").partition is None
+def test_a_destination_of_one_partition_gets_partition_zero(binder: LogBinder) -> None:
+    assert _output(binder).record({"id": 1}, "c-42").partition == 0
+    assert _output(binder).record({"id": 1}).partition == 0
 
 
 def test_partition_by_message_key(binder: LogBinder) -> None:
@@ -126,14 +129,129 @@ def test_key_expression_with_a_single_partition_picks_zero(binder: LogBinder) ->
     assert output.record({"customer": "alice"}).partition == 0
 
 
-def test_keyless_messages_are_spread_round_robin(binder: LogBinder) -> None:
-    output = _output(binder, partition_count=3)
-    assert [output.record({"n": n}).partition for n in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+def _keyless_batches(output: OutputBinding, batches: int, size: int) -> list[set[int]]:
+    """The partitions of the keyless records of each of ``batches`` send_records calls."""
+
+    async def scenario() -> list[set[int]]:
+        await output.binder.start()
+        seen = []
+        for _ in range(batches):
+            records = output.records([({"n": n}, None, {}) for n in range(size)])
+            seen.append({r.partition for r in records})
+            await output.send_records(records)
+        await output.close()
+        return seen
+
+    return asyncio.run(scenario())
 
 
-def test_key_expression_yielding_none_is_spread(binder: LogBinder) -> None:
+def test_keyless_records_are_sticky_per_batch_and_the_next_batch_moves_on(
+    binder: LogBinder,
+) -> None:
+    seen = _keyless_batches(_output(binder, partition_count=3), batches=4, size=5)
+    assert seen == [{0}, {1}, {2}, {0}], "one partition per batch, each batch the next one"
+
+
+def test_key_expression_yielding_none_is_sticky_per_batch(binder: LogBinder) -> None:
     output = _output(binder, partition_count=2, key_expression=compile_expression("key"))
-    assert [output.record({}).partition for _ in range(4)] == [0, 1, 0, 1]
+    assert _keyless_batches(output, batches=3, size=4) == [{0}, {1}, {0}]
+
+
+def test_keyed_records_of_a_batch_keep_their_own_partition(binder: LogBinder) -> None:
+    output = _output(binder, partition_count=4)
+    records = output.records([({}, f"k{n}", {}) for n in range(20)])
+    assert [r.partition for r in records] == [select_partition(b"k%d" % n, 4) for n in range(20)]
+
+
+def test_submitted_sends_of_one_loop_iteration_are_one_batch(binder: LogBinder) -> None:
+    """``app.send``'s path: the keyless sends submitted together share a partition; the
+    sends after their flush go to the next one. Read back from the log itself."""
+
+    async def scenario() -> dict[int, list[int]]:
+        await binder.start()
+        output = _output(binder, partition_count=4)
+        await output.start()
+        for batch in range(3):
+            await asyncio.gather(*(output.submit({"b": batch, "n": n}) for n in range(10)))
+        await output.close()
+        return {
+            p: [json.loads(r.value)["b"] for r in binder.broker.read("orders", p, 0, 100)]
+            for p in range(4)
+        }
+
+    assert _nonempty(asyncio.run(scenario())) == {0: [0] * 10, 1: [1] * 10, 2: [2] * 10}
+
+
+def _nonempty(by_partition: dict[int, list[int]]) -> dict[int, list[int]]:
+    return {p: got for p, got in by_partition.items() if got}
+
+
+def test_placement_uses_the_real_partition_count_of_the_destination(
+    binder: LogBinder,
+) -> None:
+    """A destination made elsewhere with more partitions than the binding asks for: keys
+    land where any producer of that destination puts them, keyless records spread over all."""
+
+    async def scenario() -> tuple[int, list[int], list[set[int]]]:
+        await binder.start()
+        await binder.provision("orders", 6)  # made by someone else, with 6
+        output = _output(binder, partition_count=2)
+        await output.start()
+        keyed = [output.record({}, f"k{n}").partition for n in range(30)]
+        spread = []
+        for _ in range(6):
+            record = output.record({})
+            spread.append({record.partition})
+            await output.send_records([record])
+        await output.close()
+        return output.partitions, keyed, spread
+
+    partitions, keyed, spread = asyncio.run(scenario())
+    assert partitions == 6
+    assert keyed == [select_partition(b"k%d" % n, 6) for n in range(30)]
+    assert set().union(*spread) == set(range(6)), "keyless batches move over all six"
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def _letters(binder: LogBinder, dlq_partitions: int | None) -> list[tuple[int, int | None]]:
+    """Dead letters of records from partitions 0..3 of ``orders`` (keys chosen to land
+    elsewhere), sent through a dead-letter output of ``parking``: (original, written)."""
+
+    async def scenario() -> list[tuple[int, int | None]]:
+        await binder.start()
+        await binder.provision("orders", 4)
+        if dlq_partitions is not None:
+            await binder.provision("parking", dlq_partitions)
+        dlq = _output(binder, destination="parking", dead_letters_of="orders")
+        originals = [InboundRecord("orders", p, 0, b"{}", f"key-{p}".encode()) for p in range(4)]
+        await dlq.send_records([dead_letter_record(r, ValueError(), "g", 1) for r in originals])
+        await dlq.close()
+        written = {
+            int(stored.headers["x-original-partition"]): p
+            for p in range(binder.broker.topic("parking").partition_count)  # type: ignore[union-attr]
+            for stored in binder.broker.read("parking", p, 0, 10)
+        }
+        return sorted(written.items())
+
+    return asyncio.run(scenario())
+
+
+def test_a_dead_letter_keeps_its_original_partition_whatever_the_destination_name(
+    binder: LogBinder,
+) -> None:
+    """``parking`` is not named ``*.dlq``: made for the dead letters of ``orders``, it gets
+    its four partitions, and each letter goes to the partition its original came from."""
+    assert _letters(binder, None) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_a_dead_letter_whose_partition_the_destination_lacks_is_placed_by_key(
+    binder: LogBinder,
+) -> None:
+    placed = _letters(binder, 2)
+    assert placed[:2] == [(0, 0), (1, 1)], "partitions the destination has are kept"
+    assert placed[2:] == [(p, select_partition(f"key-{p}".encode(), 2)) for p in (2, 3)]
 
 
 # -- sending ---------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_dead_letter_record_carries_original_and_failure_headers() -> None:
     letter = dead_letter_record(record, _wrapped(TransientError("db down")), "billing", 3)
     assert letter.value == b'{"id": 1}'
     assert letter.key == b"c-42"
-    assert letter.partition is None
+    assert letter.partition == 2, "asks for its original partition"
     assert letter.headers == {
         "source": "api",
         "contentType": "application/json",

@@ -13,6 +13,7 @@ from binder.testing.conformance.support import (
     Conformance,
     Inbox,
     fetch_records,
+    keys_for_partitions,
     require,
     run,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "test_graceful_shutdown_loses_nothing",
     "test_graceful_shutdown_loses_nothing_under_concurrency",
     "test_pause_holds_messages_until_resume",
+    "test_pause_outlasts_a_reassignment",
     "test_stop_and_start_one_binding_at_run_time",
     "test_stop_during_retry_backoff_leaves_the_message_for_the_next_start",
     "test_unacknowledged_message_is_redelivered_after_its_consumer_dies",
@@ -83,6 +85,48 @@ def test_pause_holds_messages_until_resume(conformance: Conformance, dest: str, 
     assert states == [BindingState.RUNNING, BindingState.PAUSED, BindingState.RUNNING]
     assert while_paused == [{"n": 0}], "nothing is handled while paused"
     assert after_resume == [{"n": 0}, *held], "what was held arrives after resume, in order"
+
+
+def test_pause_outlasts_a_reassignment(conformance: Conformance, dest: str, group: str) -> None:
+    """A paused member stays paused while a second member joins (taking a partition from it)
+    and leaves (giving it back): the partitions it is given meanwhile are paused too."""
+    require(conformance.capabilities, "consumer_groups", "native_partitions")
+    keys = keys_for_partitions(2)
+
+    async def send(stage: str) -> None:
+        async with conformance.app() as sender:
+            for p, key in enumerate(keys):
+                await sender.send(dest, {"stage": stage, "p": p}, key=key)
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        await conformance.provision(dest, 2)
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        subject = consumer_app(conformance, dest, group, inbox, "subject")
+        witness = consumer_app(conformance, dest, f"{group}-witness", inbox, "witness")
+        async with subject, witness:
+            await send("before")
+            await inbox.wait_until(lambda items: len(items) == 4, "both groups get 'before'")
+            subject.binding("subject-in-0").pause()
+            async with consumer_app(conformance, dest, group, inbox, "member"):
+                await send("joined")  # the member takes one partition and handles its message
+                await inbox.wait_until(
+                    lambda items: any(who == "member" for who, _ in items), "the member's"
+                )
+            await send("left")  # the paused member holds both partitions again
+            await inbox.wait_until(
+                lambda items: len(payloads_of(items, "witness")) == 6, "all to the witness"
+            )
+            while_paused = payloads_of(inbox.items, "subject")
+            subject.binding("subject-in-0").resume()
+            await inbox.wait_until(
+                lambda items: sum(p["stage"] == "left" for p in payloads_of(items, "subject")) == 2,
+                "the held messages after resume",
+            )
+        return while_paused, payloads_of(inbox.items, "subject")
+
+    while_paused, after_resume = run(scenario())
+    assert [p["stage"] for p in while_paused] == ["before", "before"], "nothing while paused"
+    assert {(p["stage"], p["p"]) for p in after_resume} >= {("left", 0), ("left", 1)}
 
 
 def test_batch_mode_function_gets_a_list(conformance: Conformance, dest: str, group: str) -> None:

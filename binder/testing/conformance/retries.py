@@ -30,6 +30,7 @@ from binder.testing.conformance.support import TIMEOUT, Conformance, Inbox, requ
 
 __all__ = [
     "test_dead_letter_carries_the_original_and_why_it_failed",
+    "test_dead_letters_keep_their_original_partition_on_a_custom_destination",
     "test_invalid_model_is_dead_lettered_without_retries",
     "test_non_retryable_exception_is_dead_lettered_at_once",
     "test_records_without_headers_are_read_with_the_binding_content_type",
@@ -143,6 +144,35 @@ def test_dead_letter_carries_the_original_and_why_it_failed(
     assert letter.headers[EXCEPTION_TYPE].endswith("RuntimeError")
     assert "cannot handle order 7" in letter.headers[EXCEPTION_MESSAGE]
     _check_origin(conformance, letter.headers, dest, group, original.partition, original.offset)
+
+
+def test_dead_letters_keep_their_original_partition_on_a_custom_destination(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """The core places a dead letter on its original partition when the dead-letter
+    destination has that many, whatever its name. The originals share one key but sit on
+    all four partitions, so a letter placed by its key would not land where its original was."""
+    require(conformance.capabilities, "consumer_groups", "native_partitions")
+    parked = conformance.declare(f"{dest}-parked")
+    consumer = {"max-attempts": 1, "dead-letter-destination": parked}
+    app = conformance.app({"fail-in-0": _retrying(dest, group, consumer)})
+    poison = [OutboundRecord(b'{"n": %d}' % p, b"one-key", {}, p) for p in range(4)]
+
+    @app.consumer
+    async def fail(payload: Any) -> None:
+        raise ValueError("poison")
+
+    async def scenario() -> list[InboundRecord]:
+        await conformance.provision(dest, 4)
+        await conformance.provision(parked, 4)
+        async with app:
+            async with conformance.binder() as binder:
+                await conformance.send_raw(binder, dest, poison)
+            return await conformance.read_raw(parked, f"{group}-inspect", len(poison))
+
+    letters = run(scenario())
+    assert sorted(int(r.headers[ORIGINAL_PARTITION]) for r in letters) == [0, 1, 2, 3]
+    assert all(r.partition == int(r.headers[ORIGINAL_PARTITION]) for r in letters)
 
 
 def _check_origin(

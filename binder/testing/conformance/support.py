@@ -251,7 +251,7 @@ class Conformance:
         app = App(config={"binder": section}, environ={})
         if wrap is not None:
             kind = self.binder_type
-            app._binder_factory = lambda name, entry: wrap(kind.create(name, entry.options))
+            app.use_binder_factory(lambda name, entry: wrap(kind.create(name, entry.options)))
         return app
 
     def _declare_binding(self, binding: Mapping[str, Any]) -> None:
@@ -290,11 +290,13 @@ class Conformance:
     async def send_raw(
         self, binder: Binder, destination: str, records: Iterable[OutboundRecord]
     ) -> None:
-        """Send records as they are, through an SPI producer."""
-        producer = await binder.producer(ProducerSpec(self.declare(destination)))
+        """Send records as they are (each to its ``partition``), one by one, through an SPI
+        producer of ``destination`` (provisioned with one partition if missing)."""
+        count = await binder.provision(self.declare(destination), 1)
+        producer = await binder.producer(ProducerSpec(destination, count))
         try:
             for record in records:
-                await producer.send(record)
+                await producer.send_batch((record,))
         finally:
             await producer.close()
 

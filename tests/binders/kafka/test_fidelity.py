@@ -16,7 +16,10 @@ KEYS: list[bytes | None] = [b"\xff\x00\xfe binary", "ключ".encode(), b"", No
 def test_binder_records_arrive_exactly_for_a_plain_client(
     kafka: Conformance, plain_read: Any, topic: str
 ) -> None:
-    sent = [OutboundRecord(f"v{n}".encode(), key, HEADERS) for n, key in enumerate(KEYS)]
+    sent = [
+        OutboundRecord(f"v{n}".encode(), key, HEADERS, partition_of(key, 4) if key else n % 4)
+        for n, key in enumerate(KEYS)
+    ]
 
     async def scenario() -> list[Any]:
         await kafka.provision(topic, 4)
@@ -29,8 +32,7 @@ def test_binder_records_arrive_exactly_for_a_plain_client(
         raw = seen[record.value]
         assert raw.key == record.key
         assert list(raw.headers) == [(k, v.encode()) for k, v in HEADERS.items()], "in order"
-        if record.key:  # keyed: Kafka's default partitioner, the same murmur2 as the core's
-            assert raw.partition == partition_of(record.key, 4)
+        assert raw.partition == record.partition, "written where the core put it"
 
 
 def test_a_plain_clients_records_arrive_exactly_in_the_binder(

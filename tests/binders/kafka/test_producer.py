@@ -1,4 +1,5 @@
-"""The producer's own batching: placement of keyless records, order, size limits, timestamps."""
+"""The producer's own batching: each record on the partition the core chose, order, size
+limits, timestamps."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ KEYLESS = 3_000
 """Several default-size (16 KiB) batches' worth of 100-byte records."""
 
 
-def test_keyless_records_fill_a_partition_then_move_on_in_order(
+def test_records_go_to_the_partition_they_carry_in_order(
     kafka: Conformance, plain_read: Any, topic: str
 ) -> None:
-    sent = [OutboundRecord(f"{n:05d}".encode() + b"." * 95) for n in range(KEYLESS)]
+    """Runs of several full batches per partition, then back to the first partitions:
+    the binder writes each record where the core put it and places none itself."""
+    sent = [
+        OutboundRecord(f"{n:05d}".encode() + b"." * 95, None, {}, (n // 400) % PARTITIONS)
+        for n in range(KEYLESS)
+    ]
 
     async def scenario() -> list[Any]:
         await kafka.provision(topic, PARTITIONS)
@@ -39,9 +45,8 @@ def test_keyless_records_fill_a_partition_then_move_on_in_order(
         per_partition[record.partition].append(int(record.value[:5]))
     runs = {p: [(g[0], g[-1], len(g)) for g in _runs(got)] for p, got in per_partition.items()}
     assert all(got == sorted(got) for got in per_partition.values()), runs
-    assert len(per_partition) > 1, "a full batch moves keyless records to the next partition"
-    first = {r.partition for r in seen if int(r.value[:5]) < 50}
-    assert len(first) == 1, "consecutive keyless records share a partition (sticky)"
+    for record in seen:
+        assert record.partition == (int(record.value[:5]) // 400) % PARTITIONS, runs
     assert all(started - 60 < r.timestamp / 1000 < time.time() + 60 for r in seen)
 
 
@@ -53,7 +58,10 @@ def test_concurrent_sends_keep_call_order_per_key(
         async with kafka.binder() as binder:
             producer = await binder.producer(ProducerSpec(kafka.declare(topic), PARTITIONS))
             await asyncio.gather(
-                *(producer.send(OutboundRecord(str(n).encode(), b"one-key")) for n in range(500))
+                *(
+                    producer.send_batch((OutboundRecord(str(n).encode(), b"one-key", {}, 2),))
+                    for n in range(500)
+                )
             )
         return await plain_read(topic, PARTITIONS, 500)
 
@@ -73,7 +81,7 @@ def test_a_record_over_max_request_size_fails_the_send_naming_the_limit(
             producer = await binder.producer(ProducerSpec(topic, 1))
             with pytest.raises(BackendError, match=r"kafka at .*5\d{3} bytes.*max-request-size"):
                 await producer.send_batch([small, huge, small])
-            await producer.send(OutboundRecord(b"after", b"k"))
+            await producer.send_batch([OutboundRecord(b"after", b"k")])
         return await plain_read(topic, 1, 1)
 
     assert [r.value for r in run(scenario())] == [b"after"], "nothing of the refused send"
@@ -123,3 +131,40 @@ def test_producer_settings_apply_to_the_batches_it_builds(
         assert [r.value for r in run(scenario())] == [r.value for r in sent]
     finally:
         run(tuned.cleanup())
+
+
+def test_a_full_batch_goes_to_the_client_before_the_next_is_built(
+    kafka: Conformance, kafka_bootstrap_servers: str, plain_read: Any, topic: str
+) -> None:
+    """One large send: each full batch is submitted at once (on the wire while the next ones
+    are built), not after every batch of the send was built; all arrive in order."""
+    from aiokafka import AIOKafkaProducer
+
+    from binders.kafka.producer import SendQueue
+
+    calls: list[str] = []
+
+    class Recording(AIOKafkaProducer):  # the real client; it only notes the calls it gets
+        def create_batch(self) -> Any:
+            calls.append("create")
+            return super().create_batch()
+
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            calls.append("send")
+            return await super().send_batch(batch, topic, partition=partition)
+
+    sent = [OutboundRecord(f"{n:05d}".encode() + b"." * 95, b"one-key") for n in range(KEYLESS)]
+
+    async def scenario() -> list[Any]:
+        await kafka.provision(topic, 1)
+        client = Recording(bootstrap_servers=kafka_bootstrap_servers)
+        await client.start()
+        try:
+            await SendQueue(client, 1 << 20).send(topic, sent)
+        finally:
+            await client.stop()
+        return await plain_read(topic, 1, KEYLESS)
+
+    assert [r.value for r in run(scenario())] == [r.value for r in sent]
+    assert calls.count("send") > 2, "several batches"
+    assert calls[:3] == ["create", "send", "create"], calls[:8]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from binder import BackendError, ConfigError
 from binder.message import ORIGINAL_PARTITION
 from binder.spi import OutboundRecord
-from binder.testing.conformance.support import Conformance, Inbox, run
+from binder.testing.conformance.support import Conformance, Inbox, keys_for_partitions, run
 from binders.kafka.binder import KafkaBinder
 
 
@@ -121,17 +122,52 @@ def test_required_groups_and_dead_letter_topics_are_provisioned(
     kafka_config: dict[str, Any], topic: str, group: str
 ) -> None:
     kafka = Conformance({**kafka_config, "dlq-partition-count": 2})
-    dlq = kafka.dead_letters(topic, group)
+    dlq = kafka.declare(f"{topic}-parked")  # any name: the core says it is a dead-letter one
 
-    async def scenario() -> int | None:
+    async def scenario() -> tuple[int, int, int | None]:
         await kafka.provision(topic, 1, [group])
-        await kafka.provision(dlq, 1)
-        return await _partitions(kafka, dlq)
+        async with kafka.binder() as binder:
+            made = await binder.provision(dlq, 1, dead_letters_of=topic)
+            again = await binder.provision(dlq, 1, dead_letters_of=topic)
+        return made, again, await _partitions(kafka, dlq)
 
     try:
-        assert run(scenario()) == 2, "a dead-letter topic gets dlq-partition-count"
+        assert run(scenario()) == (2, 2, 2), "a dead-letter topic gets dlq-partition-count"
     finally:
         run(kafka.cleanup())
+
+
+def test_provision_returns_the_real_partition_count(kafka: Conformance, topic: str) -> None:
+    """A topic made elsewhere with more partitions than asked: the count the core places
+    records over is the topic's."""
+
+    async def scenario() -> tuple[int, int]:
+        kafka.declare(topic)
+        async with kafka.binder() as binder:
+            made = await binder.provision(topic, 5)
+            asked_fewer = await binder.provision(topic, 2)
+        return made, asked_fewer
+
+    assert run(scenario()) == (5, 5)
+
+
+def test_sends_go_over_the_real_partitions_of_a_topic_made_with_more(
+    kafka: Conformance, plain_read: Any, topic: str
+) -> None:
+    """The binding asks for 2 partitions of a topic that has 4: keyed messages land where
+    murmur2 over 4 puts them (where a Java producer would), not over 2."""
+    app = kafka.app({"feed": {"destination": topic, "producer": {"partition-count": 2}}})
+    keys = keys_for_partitions(4)
+
+    async def scenario() -> list[Any]:
+        await kafka.provision(topic, 4)
+        async with app:
+            for key in keys:
+                await app.send("feed", {"key": key}, key=key)
+        return await plain_read(topic, 4, len(keys))
+
+    placed = {json.loads(r.value)["key"]: r.partition for r in run(scenario())}
+    assert placed == {key: p for p, key in enumerate(keys)}
 
 
 def test_default_partition_count_applies_only_to_topics_the_binder_creates(
@@ -155,15 +191,18 @@ def test_default_partition_count_applies_only_to_topics_the_binder_creates(
         run(kafka.cleanup())
 
 
+@pytest.mark.parametrize("custom", [False, True], ids=["default-name", "custom-name"])
 def test_a_dead_letter_topic_has_its_sources_partitions_and_keeps_each_letters_partition(
-    kafka: Conformance, plain_read: Any, topic: str, group: str
+    kafka: Conformance, plain_read: Any, topic: str, group: str, custom: bool
 ) -> None:
-    """``dlq-partition-count: same`` (the default), as Spring Cloud Stream does it. The
-    poison messages share one key but sit on all four partitions, so a letter placed by its
-    key would not land where its original was."""
+    """``dlq-partition-count: same`` (the default), as Spring Cloud Stream does it, whatever
+    the dead-letter topic's name. The poison messages share one key but sit on all four
+    partitions, so a letter placed by its key would not land where its original was."""
     poison = [OutboundRecord(b'{"n": %d}' % p, b"one-key", {}, p) for p in range(4)]
-    dlq = kafka.dead_letters(topic, group)
-    consumer = {"max-attempts": 1}
+    dlq = kafka.declare(f"{topic}-parked") if custom else kafka.dead_letters(topic, group)
+    consumer: dict[str, Any] = {"max-attempts": 1}
+    if custom:
+        consumer["dead-letter-destination"] = dlq
     app = kafka.app({"fail-in-0": {"destination": topic, "group": group, "consumer": consumer}})
 
     @app.consumer

@@ -75,8 +75,10 @@ async def _handover(kafka: Conformance, topic: str, group: str, commit: bool) ->
     """A member holds 40 fetched records when a second member joins; what happens to them."""
     await kafka.provision(topic, 2)
     kafka.declare(topic, group)
-    first_batch = [OutboundRecord(f"m{n}".encode(), f"k{n}".encode()) for n in range(40)]
-    sentinels = [OutboundRecord(b"end", key.encode()) for key in keys_for_partitions(2)]
+    first_batch = [OutboundRecord(f"m{n}".encode(), f"k{n}".encode(), {}, n % 2) for n in range(40)]
+    sentinels = [
+        OutboundRecord(b"end", key.encode(), {}, p) for p, key in enumerate(keys_for_partitions(2))
+    ]
     async with kafka.binder() as binder:
         await kafka.send_raw(binder, topic, first_batch)
         core = _HoldingCore(commit)

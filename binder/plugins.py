@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel
 
 from binder.converters import Converter
-from binder.spi import PROJECT, BinderSpec, BinderType
+from binder.errors import ConfigError
+from binder.spi import PROJECT, Binder, BinderSpec, BinderType
 
-__all__ = ["binder_types", "converters", "option_models", "plugin_manager"]
+__all__ = [
+    "binder_types",
+    "converters",
+    "drop_test_broker",
+    "make_test_binder",
+    "option_models",
+    "plugin_manager",
+]
 
 
 @functools.cache
@@ -45,3 +54,20 @@ def option_models() -> Mapping[str, type[BaseModel]]:
 def converters() -> list[Converter]:
     """Converters contributed by plugins (the built-ins are always present)."""
     return [c for batch in plugin_manager().hook.binder_add_converters() for c in batch]
+
+
+def make_test_binder(name: str, entry: Any, broker: str) -> Binder:
+    """The in-memory binder a plugin gives for testing (``binder_make_test_binder``)."""
+    binder = plugin_manager().hook.binder_make_test_binder(name=name, entry=entry, broker=broker)
+    if binder is None:
+        raise ConfigError(
+            "no plugin provides an in-memory test binder (binder_make_test_binder); "
+            "is the built-in log binder installed?",
+            path=f"binder.binders.{name}",
+        )
+    return binder  # type: ignore[no-any-return]
+
+
+def drop_test_broker(broker: str) -> None:
+    """Forget the in-memory test broker ``broker`` (``binder_drop_test_broker``)."""
+    plugin_manager().hook.binder_drop_test_broker(broker=broker)

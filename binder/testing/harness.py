@@ -4,11 +4,13 @@ Used as ``with app.test() as t:`` (the app runs on its own event loop in a
 background thread; ``t.send``/``t.receive`` block) or ``async with app.test()
 as t:`` (the app runs on the caller's loop; ``await t.send(...)``).
 
-Every binder of the app is swapped for an in-memory ``log`` binder on a
-private broker (or on the broker named by ``app.test(broker=...)``, so that
-several apps under test can share groups), unless ``BINDER_TEST_BINDER=<type>``
-names a binder type to run on instead (its options are taken from the app's binder of that type when
-there is one, else that type's defaults). The harness records every message
+Every binder of the app is swapped for an in-memory binder on a private broker
+(or on the broker named by ``app.test(broker=...)``, so that several apps under
+test can share groups), made by the plugin hook ``binder_make_test_binder`` (the
+built-in ``log`` binder implements it; ``binder`` imports no backend), unless
+``BINDER_TEST_BINDER=<type>`` names a binder type to run on instead (its options
+are taken from the app's binder of that type when there is one, else that type's
+defaults). The harness records every message
 sent to any destination from the moment it starts — dead letters included —
 so :meth:`receive` also returns what was sent before it was called.
 """
@@ -123,16 +125,13 @@ class TestHarness:
     # -- binder swap ------------------------------------------------------------------------
 
     def _make_binder(self, name: str, entry: Any) -> Binder:
-        kinds = plugins.binder_types()
         if self.binder_type is None:
             broker = self.broker
             if broker is None:  # private to this harness, forgotten when it closes
                 broker = f"test-{uuid.uuid4().hex}-{name}"
                 self._brokers.append(broker)
-            options = kinds["log"].options.model_validate({"broker": broker})
-            if entry.type == "log":  # keep the app's own log settings (partition counts, ...)
-                options = entry.options.model_copy(update={"broker": broker, "path": None})
-            return kinds["log"].create(name, options)
+            return plugins.make_test_binder(name, entry, broker)
+        kinds = plugins.binder_types()
         if self.binder_type not in kinds:
             raise ConfigError(
                 f"unknown binder type (known: {', '.join(sorted(kinds))})",
@@ -150,8 +149,8 @@ class TestHarness:
         return kind.options()
 
     async def _start(self) -> None:
-        self.app._binder_factory = self._make_binder
-        self.app._observers.append(self.recorder)
+        self.app.use_binder_factory(self._make_binder)
+        self.app.add_observer(self.recorder)
         try:
             await self.app.start()
         except BaseException:
@@ -162,13 +161,10 @@ class TestHarness:
         try:
             await self.app.stop()
         finally:
-            self.app._binder_factory = None
-            if self.recorder in self.app._observers:
-                self.app._observers.remove(self.recorder)
-            from binders.log.engine import Broker
-
+            self.app.use_binder_factory(None)
+            self.app.remove_observer(self.recorder)
             for broker in self._brokers:
-                Broker.forget(broker)
+                plugins.drop_test_broker(broker)
 
     # -- async use --------------------------------------------------------------------------
 

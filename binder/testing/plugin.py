@@ -29,9 +29,10 @@ def binder_test() -> Iterator[Callable[..., TestClient]]:
 
 @pytest.fixture
 def log_broker() -> Iterator[str]:
-    """A unique in-memory broker name, removed after the test."""
-    from binders.log.engine import Broker
+    """A unique in-memory broker name, removed after the test (through the plugin hook
+    ``binder_drop_test_broker``)."""
+    from binder import plugins
 
     name = f"pytest-{uuid.uuid4().hex}"
     yield name
-    Broker.forget(name)
+    plugins.drop_test_broker(name)

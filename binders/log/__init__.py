@@ -2,7 +2,9 @@
 
 In memory, or durable with a ``path``: segment files with checksummed batches and
 sparse indexes, group commit, crash recovery and retention (:mod:`binders.log.engine.durable`).
-Registered through the ``binder`` entry-point group like any third-party binder.
+Registered through the ``binder`` entry-point group like any third-party binder; the
+in-memory binders of ``app.test()`` come from :mod:`binders.log.testing`, whose hooks
+this module re-exports (so the entry point registers them too).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from binder.spi import BinderType, hookimpl
 from binders.log.binder import LOG_BINDER_TYPE, LogBinder
 from binders.log.options import LogOptions
+from binders.log.testing import binder_drop_test_broker, binder_make_test_binder
 
 __all__ = [
     "LOG_BINDER_TYPE",
@@ -21,6 +24,8 @@ __all__ = [
     "LogOptions",
     "binder_add_binder_types",
     "binder_add_commands",
+    "binder_drop_test_broker",
+    "binder_make_test_binder",
 ]
 
 

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from binder import App, ConfigError, Message
+from binder import App, ConfigError, Message, plugins
+from binder.spi import hookimpl
 from binder.testing import TestClient
+from binders.log import LogOptions
+from binders.log.binder import LogBinder
 from binders.log.engine import Broker
 
 TIMEOUT = 2.0
@@ -132,12 +135,57 @@ def test_each_harness_gets_a_fresh_private_broker() -> None:
 
 def test_harness_restores_the_app_afterwards() -> None:
     app = _echo_app()
-    with app.test():
+    seen: list[str] = []
+    with app.test() as t:
         assert app._binder_factory is not None
-        assert len(app._observers) == 1
+        app.add_observer(lambda destination, record: seen.append(destination))
+        assert len(app._observers) == 2
+        t.send("echo-in-0", "x")
+        assert t.receive("echo-out-0", timeout=TIMEOUT) is not None
     assert app._binder_factory is None
-    assert app._observers == []
+    assert len(app._observers) == 1, "only the harness's own observer is removed"
     assert app.bindings == {}
+    assert seen[:2] == ["echo-in-0", "echo-out-0"]
+
+
+class _TestBinders:
+    """A plugin answering the harness's hooks with log binders it counts (registered after
+    the built-in ``binders.log``, so pluggy asks it first)."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+        self.dropped: list[str] = []
+
+    @hookimpl
+    def binder_make_test_binder(self, name: str, entry: Any, broker: str) -> Any:
+        self.made.append((name, broker))
+        return LogBinder(name, LogOptions(broker=broker))
+
+    @hookimpl
+    def binder_drop_test_broker(self, broker: str) -> None:
+        self.dropped.append(broker)
+
+
+def test_harness_makes_its_binders_through_the_plugin_hook() -> None:
+    manager = plugins.plugin_manager()
+    plugin = _TestBinders()
+    manager.register(plugin)
+    try:
+        with _echo_app().test() as t:
+            t.send("echo-in-0", "via the hook")
+            out = t.receive("echo-out-0", timeout=TIMEOUT)
+    finally:
+        manager.unregister(plugin)
+    assert out is not None and out.payload == "via the hook"
+    assert [name for name, _ in plugin.made] == ["local"], "the default binder, swapped"
+    assert plugin.dropped == [broker for _, broker in plugin.made], "its private broker dropped"
+
+
+def test_log_broker_fixture_is_dropped_through_the_hook(log_broker: str) -> None:
+    with _echo_app().test(broker=log_broker) as t:
+        t.send("echo-in-0", 1)
+        assert t.receive("echo-out-0", timeout=TIMEOUT) is not None
+    assert Broker.named(log_broker).topic("echo-out-0") is not None, "kept until the test ends"
 
 
 def test_exception_in_the_body_still_stops_the_app() -> None:

@@ -30,6 +30,56 @@ def test_importing_binder_loads_no_backend_client() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_every_binder_plugin_loads_no_client() -> None:
+    """The plugins are loaded without their extras: ``binders.kafka`` (its ``binder`` module,
+    capabilities and type included) imports aiokafka only when a kafka binder is made."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, binder, binders.kafka, binders.kafka.binder, binders.log; "
+        "from binder import plugins; plugins.binder_types(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('aiokafka', 'kafka', 'redis', 'aio_pika')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_core_and_its_test_harness_import_no_backend() -> None:
+    """``binder`` (harness and pytest plugin included) reaches the in-memory binder through
+    the ``binder_make_test_binder`` hook: loading it imports nothing of ``binders``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, binder, binder.testing, binder.testing.plugin, binder.testing.harness; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'binders'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_module_of_the_core_imports_a_backend() -> None:
+    import ast
+    from pathlib import Path
+
+    import binder
+
+    offenders = []
+    for path in Path(binder.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "binders"]
+    assert offenders == []
+
+
 class CsvConverter:
     content_type = "text/csv"
 

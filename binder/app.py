@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 import re
 import signal
@@ -18,7 +17,13 @@ from binder.bindings import BindingState, InputBinding, SupplierBinding
 from binder.config import BinderSection, BindingConfig, load_config, load_yaml
 from binder.converters import ConverterRegistry
 from binder.errors import BinderError, CapabilityError, ConfigError
-from binder.functions import FunctionDef, FunctionRegistry, Pipeline, parse_definition
+from binder.functions import (
+    FunctionDef,
+    FunctionRegistry,
+    Pipeline,
+    check_bindings,
+    parse_definition,
+)
 from binder.invoke import Invoker
 from binder.outputs import Observer, OutputBinding
 from binder.retry import RetryPolicy, dead_letter_destination
@@ -42,8 +47,13 @@ class App:
     ``App.from_yaml(path)`` or ``App(config=doc)`` (the same mapping as the YAML
     file, top-level ``binder:`` key included); ``App()`` takes configuration from
     the environment only. Configuration errors raise :class:`ConfigError` here;
-    errors that need the registered functions (a binding naming a missing
-    function, an impossible composition) raise when the app starts.
+    errors that need the registered functions (an unknown function in
+    ``function-definition``, an impossible composition, a binding whose function is
+    a misspelling of an active one) raise when the app starts.
+
+    One file can serve several processes: a binding of a function that is not
+    active here, or not registered here, is accepted and logged once at INFO
+    ("bindings not used by this app: ...").
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class App:
         self._bindings: dict[str, InputBinding | SupplierBinding] = {}
         self._pipelines: list[Pipeline] = []
         self._started = False
+        self._fatal: asyncio.Future[BaseException] | None = None
 
     def reconfigure(self, config: Mapping[str, Any] | None) -> None:
         """Replace the configuration (same form as the constructor's) before the app starts."""
@@ -78,14 +89,42 @@ class App:
         """An app configured by the YAML file at ``path`` plus environment overrides."""
         return cls(load_yaml(path), environ=environ)
 
+    # -- seams (the test harness, the conformance suite, tools) ------------------------------
+
+    def use_binder_factory(self, factory: BinderFactory | None) -> None:
+        """Make the app's binders with ``factory(name, entry)`` instead of their registered
+        type (``entry`` is the binder's configuration: ``entry.type``, ``entry.options``);
+        ``None`` restores the registered types. Takes effect for binders made from now on:
+        call it before :meth:`start` (``app.test()`` swaps every binder this way)."""
+        self._binder_factory = factory
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(destination, record)`` after every record a backend accepted from
+        this app (every output: functions, ``app.send``, dead letters), on the app's loop.
+        It must not block or raise; ``app.test()`` records what was sent this way."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer``; nothing when it is not there."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     # -- registration -----------------------------------------------------------------------
 
     def function(self, fn: F | None = None, *, name: str | None = None) -> Any:
-        """Register a function: one input, one output (``<name>-in-0`` → ``<name>-out-0``)."""
+        """Register a function: one input, one output (``<name>-in-0`` → ``<name>-out-0``).
+
+        The function takes exactly one parameter without a default, its input (the first
+        positional one); further parameters need defaults and are left to them.
+        """
         return self._register(fn, "function", name)
 
     def consumer(self, fn: F | None = None, *, name: str | None = None) -> Any:
-        """Register a consumer: one input (``<name>-in-0``), no output."""
+        """Register a consumer: one input (``<name>-in-0``), no output.
+
+        As for :meth:`function`, one parameter without a default (the input); others keep
+        their defaults.
+        """
         return self._register(fn, "consumer", name)
 
     def supplier(
@@ -113,6 +152,7 @@ class App:
             self._check_binding_names()
             for pipeline in self._pipelines:
                 await self._bind(pipeline)
+            await self._open_send_bindings()
             bindings = list(self._bindings.values())
             await _all([b.start() for b in bindings if not isinstance(b, SupplierBinding)])
             for binding in bindings:  # suppliers once what they feed can receive
@@ -145,18 +185,51 @@ class App:
         await self.stop()
 
     def run(self) -> None:
-        """Run until SIGINT or SIGTERM, then drain in-flight work, commit, and return."""
-        asyncio.run(self._run_until_signalled())
+        """Run until SIGINT or SIGTERM, then drain in-flight work, commit, and return.
 
-    async def _run_until_signalled(self) -> None:
+        With ``binder.on-binding-failure: exit``, a binding that cannot go on stops the app
+        the same way, and ``run`` then exits with status 1 (``SystemExit(1)``)."""
+        failure = asyncio.run(self._run_until_signalled())
+        if failure is not None:
+            raise SystemExit(1)
+
+    async def _run_until_signalled(self) -> BaseException | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with self:
             log.info("running: %s", ", ".join(self._bindings) or "no bindings")
-            await stop.wait()
-            log.info("stopping: draining in-flight messages")
+            fatal = self._fatal_future()
+            signalled = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([signalled, fatal], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                signalled.cancel()
+            failure = fatal.result() if fatal.done() else None
+            if failure is not None:
+                log.error("stopping: a binding failed (on-binding-failure: exit): %s", failure)
+            else:
+                log.info("stopping: draining in-flight messages")
+        return failure
+
+    def _fatal_future(self) -> asyncio.Future[BaseException]:
+        if self._fatal is None:
+            self._fatal = asyncio.get_running_loop().create_future()
+        return self._fatal
+
+    def _binding_failed(self, binding: InputBinding, exc: BaseException) -> None:
+        """``on-binding-failure: exit``: the first failure ends :meth:`run`."""
+        fatal = self._fatal_future()
+        if not fatal.done():
+            fatal.set_result(exc)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """With ``on-binding-failure: exit``, the failure that stopped a binding for good
+        (``app.run()`` exits with status 1 on it); ``None`` while none has."""
+        fatal = self._fatal
+        return fatal.result() if fatal is not None and fatal.done() else None
 
     def test(self, *, broker: str | None = None) -> TestHarness:
         """A harness that runs this app with every binder swapped for an in-memory log.
@@ -258,25 +331,12 @@ class App:
     # -- wiring -----------------------------------------------------------------------------
 
     def _check_binding_names(self) -> None:
-        active = {p.name for p in self._pipelines}
-        for name in self.config.bindings:
-            match = _BINDING_NAME.match(name)
-            if match is None or match["fn"] in active:
-                continue
-            fn = match["fn"]
-            registered = fn in self.functions.names()
-            close = difflib.get_close_matches(fn, [*active, *self.functions.names()], n=1)
-            if match["dir"] == "in" or registered or close:
-                hint = (
-                    " (registered but not in function-definition)"
-                    if registered
-                    else (f" (did you mean {close[0]!r}?)" if close else "")
-                )
-                raise ConfigError(
-                    f"binding names function {fn!r}, which is not active{hint}",
-                    path=f"binder.bindings.{name}",
-                    value=name,
-                )
+        """Refuse misspelt function bindings; log once those another process would use."""
+        use = check_bindings(self.config.bindings, self._pipelines, self.functions)
+        if use.typos:
+            raise use.typos[0]
+        if use.unused:
+            log.info("bindings not used by this app: %s", ", ".join(use.unused))
 
     async def _bind(self, pipeline: Pipeline) -> None:
         output = None
@@ -295,6 +355,34 @@ class App:
 
     def _binding_config(self, name: str) -> BindingConfig:
         return self.config.binding(name) or BindingConfig()
+
+    async def _open_send_bindings(self) -> None:
+        """Open (and so provision) every configured binding that no function binds: the
+        ones ``app.send`` uses, so their partition counts and required groups exist before
+        any consumer starts. Bindings of functions not active here are another process's."""
+        for name, config in self.config.bindings.items():
+            if _BINDING_NAME.match(name) is not None or name in self._outputs:
+                continue
+            output = await self._output(name, config)
+            await output.start()
+            self._outputs[name] = output
+
+    async def _provision_input(self, binder: Binder, destination: str) -> None:
+        """Create an input's destination with the partition count of a producer binding of
+        the same destination and binder in this configuration, when there is one (so a
+        consumer starting first does not create it with the binder's default)."""
+        counts = [
+            b.producer.partition_count
+            for b in self.config.bindings.values()
+            if b.destination == destination
+            and self._binder_name(b.binder) == binder.name
+            and b.producer.partition_count > 1
+        ]
+        if counts:
+            await binder.provision(destination, max(counts))
+
+    def _binder_name(self, name: str | None) -> str:
+        return name or self.config.default_binder or ""
 
     async def _output(self, name: str, config: BindingConfig) -> OutputBinding:
         path = f"binder.bindings.{name}"
@@ -327,6 +415,7 @@ class App:
         binder = await self._binder(config.binder, path)
         _check_consumer_capabilities(binder, config, path)
         destination = config.destination or name
+        await self._provision_input(binder, destination)
         spec = ConsumerSpec(
             destination=destination,
             group=config.group,
@@ -341,7 +430,12 @@ class App:
                 destination, config.group, options.dead_letter_destination
             )
             dead_letters = OutputBinding(
-                f"{name}.dlq", dlq, binder, self.converters, observers=self._observers
+                f"{name}.dlq",
+                dlq,
+                binder,
+                self.converters,
+                observers=self._observers,
+                dead_letters_of=destination,
             )
             self._outputs[dead_letters.name] = dead_letters
         invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)
@@ -355,6 +449,7 @@ class App:
             policy=RetryPolicy.from_options(options),
             concurrency=options.concurrency,
             batch_size=options.batch_size,
+            on_fatal=self._binding_failed if self.config.on_binding_failure == "exit" else None,
         )
 
     async def _binder(self, name: str | None, path: str) -> Binder:

@@ -139,7 +139,8 @@ class InputBinding(_Lifecycle):
 
         A consumer that cannot be opened here raises (the app fails to start); once
         running, failures are the supervisor's (see the class docstring)."""
-        if self._task is not None or self.state is BindingState.STARTING:
+        running = self._task is not None and not self._task.done()
+        if running or self.state is BindingState.STARTING:
             return
         self.state, self.error = BindingState.STARTING, None
         self._stop = asyncio.Event()

@@ -2,16 +2,25 @@
 
 An :class:`OutputBinding` sends to one destination on one binder. It encodes
 payloads with the binding's content type (``bytes`` go as they are), sets the
-``contentType`` header unless the caller set one, and, when the binding is
-partitioned (``partition-count`` > 1), picks the partition with the
-Kafka-compatible selector from the key expression's value or the message key;
-keyless messages are spread round-robin.
+``contentType`` header unless the caller set one, and chooses every record's
+partition, once for every binder (binders write it as given):
+
+- over the destination's real partition count, which :meth:`Binder.provision`
+  returns at start (a destination made elsewhere may have more than asked for);
+- a record with a key (the key expression's value when the binding has one, else
+  the message key) goes where the Kafka-compatible murmur2 selector puts it;
+- keyless records are sticky per batch, as Kafka's producer does: every keyless
+  record of one batch (the sends submitted in one loop iteration, or one
+  :meth:`OutputBinding.send_records` call) goes to one partition, and the next
+  batch moves on to the next partition;
+- the dead-letter output of an input binding (``dead_letters_of``) keeps each
+  letter on its original partition when the destination has that many, and
+  places the others like any record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +51,7 @@ class OutputBinding:
         key_expression: KeyExpression | None = None,
         required_groups: Sequence[str] = (),
         observers: list[Observer] | None = None,
+        dead_letters_of: str | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -50,9 +60,12 @@ class OutputBinding:
         self.partition_count = partition_count
         self.key_expression = key_expression
         self.required_groups = tuple(required_groups)
+        self.dead_letters_of = dead_letters_of
+        """The destination whose dead letters this output sends, if it is a dead-letter one."""
         self._converters = converters
         self._observers = observers if observers is not None else []
-        self._spread = itertools.count()
+        self._count = partition_count  # the destination's real partition count once started
+        self._sticky = 0  # the partition of this batch's keyless records
         self._producer: Producer | None = None
         self._batch: tuple[list[OutboundRecord], list[asyncio.Future[None]]] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -63,13 +76,28 @@ class OutputBinding:
     def started(self) -> bool:
         return self._producer is not None
 
+    @property
+    def partitions(self) -> int:
+        """The destination's real partition count once started, else the count asked for."""
+        return self._count
+
     async def start(self) -> None:
-        """Provision the destination (and its required groups), then open the producer."""
+        """Provision the destination (and its required groups), then open the producer.
+
+        Records are placed over the partition count provisioning returned."""
         if self._producer is not None:
             return
-        await self.binder.provision(self.destination, self.partition_count, self.required_groups)
-        spec = ProducerSpec(self.destination, self.partition_count)
-        self._producer = await self.binder.producer(spec)
+        binder, destination = self.binder, self.destination
+        if self.dead_letters_of is None:
+            count = await binder.provision(destination, self.partition_count, self.required_groups)
+        else:
+            count = await binder.provision(
+                destination, self.partition_count, dead_letters_of=self.dead_letters_of
+            )
+        self._count = max(count, 1)
+        self._sticky %= self._count
+        self._partitioned = self._count > 1 or self.key_expression is not None
+        self._producer = await binder.producer(ProducerSpec(destination, self._count))
 
     async def close(self) -> None:
         """Finish the sends submitted so far, then close the producer. Idempotent."""
@@ -95,7 +123,7 @@ class OutputBinding:
             )
             value = payload if type(payload) is bytes else self._encode(payload)
         raw_key = key if type(key) is bytes else key_bytes(key)
-        partition = None
+        partition = self._sticky
         if self._partitioned:
             partition = self._partition(payload, headers, key, raw_key)
         return OutboundRecord(value, raw_key, headers, partition)
@@ -109,8 +137,22 @@ class OutputBinding:
             key = decode_key(key) if type(key) is bytes else key
             raw = partition_key(self.key_expression, payload, headers, key)
         if raw is None:
-            return next(self._spread) % self.partition_count
-        return select_partition(raw, self.partition_count)
+            return self._sticky
+        return select_partition(raw, self._count)
+
+    def _move_on(self) -> None:
+        """A batch was sealed: the next one's keyless records go to the next partition."""
+        if self._count > 1:
+            self._sticky = (self._sticky + 1) % self._count
+
+    def _keep_or_place(self, records: Sequence[OutboundRecord]) -> None:
+        """Dead letters carry their original partition: kept when this destination has it,
+        else placed by key, else with this batch's keyless records."""
+        count = self._count
+        for record in records:
+            if not 0 <= record.partition < count:
+                key = record.key
+                record.partition = self._sticky if key is None else select_partition(key, count)
 
     async def send(
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
@@ -147,6 +189,7 @@ class OutputBinding:
         batch, self._batch = self._batch, None
         if batch is None:
             return
+        self._move_on()  # the batch is sealed: keyless records after it go elsewhere
         task = asyncio.get_running_loop().create_task(self._deliver(*batch))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
@@ -155,30 +198,62 @@ class OutputBinding:
         self, records: list[OutboundRecord], futures: list[asyncio.Future[None]]
     ) -> None:
         try:
-            await self.send_records(records)
+            await self._send(records)
         except asyncio.CancelledError:
             _fail(futures, ClosedError(f"{self.destination}: closed while sending"))
             raise
         except Exception as exc:
             _fail(futures, exc)
             return
-        for future in futures:
-            if not future.done():
-                future.set_result(None)
+        del records  # accepted: not kept alive while their sends complete
+        await _succeed(futures)
 
     async def send_records(self, records: Sequence[OutboundRecord]) -> None:
-        """Send encoded records in order; returns once the backend accepted all of them."""
+        """Send encoded records in order, as one batch; returns once the backend accepted all
+        of them. Keyless records made after this call go to the next partition."""
         if not records:
             return
+        self._move_on()
+        await self._send(records)
+
+    async def _send(self, records: Sequence[OutboundRecord]) -> None:
         producer = self._producer
         if producer is None:
             await self.start()
             producer = self._producer
             assert producer is not None
+        if self.dead_letters_of is not None:
+            self._keep_or_place(records)
         await producer.send_batch(records)
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)
+
+
+_SUCCEED_SLICE = 512
+"""Accepted sends completed per loop iteration (see :func:`_succeed`)."""
+
+
+async def _succeed(futures: list[asyncio.Future[None]]) -> None:
+    """Complete accepted sends, a slice per loop iteration (all of them, even if cancelled).
+
+    Each ``set_result`` schedules its waiters' callbacks (one ``gather`` callback per send):
+    a backlog of thousands at once sits in the ready queue long enough for the garbage
+    collector to promote all of it to the oldest generation and then rescan the heap.
+    """
+    done = 0
+    try:
+        while done < len(futures):
+            if done:
+                await asyncio.sleep(0)
+            for future in futures[done : done + _SUCCEED_SLICE]:
+                if not future.done():
+                    future.set_result(None)
+            done += _SUCCEED_SLICE
+    finally:
+        for future in futures[done:]:
+            if not future.done():
+                future.set_result(None)
 
 
 def _fail(futures: list[asyncio.Future[None]], exc: BaseException) -> None:

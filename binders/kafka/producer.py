@@ -1,11 +1,11 @@
 """Sending through the binder's one ``AIOKafkaProducer``, in record batches built here.
 
 Every send, from any task, is queued; one flusher task takes the queued records in
-order, places each on its partition (the core's choice, else murmur2 of the key as
-Kafka's default partitioner does, else a sticky partition for keyless records that
-moves on when its batch fills), appends them to one record batch per partition with
-the client's public batch API (``create_batch`` / ``send_batch``) and submits the
-batches, taking the partitions in turn so that one request carries a batch of each.
+order, appends each to a record batch of the partition the core chose for it (the
+binder never places a record itself) with the client's public batch API
+(``create_batch`` / ``send_batch``) and submits each batch as soon as it is full, so
+it is on the wire while the next are built (the client's sender puts what is queued
+for a broker, a batch per partition, into one request).
 A send completes when the broker acknowledged every batch holding its records.
 
 Compared with ``AIOKafkaProducer.send`` per record, this spends no coroutine and no
@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import deque
 from collections.abc import Sequence
-from itertools import zip_longest
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from binder.errors import ClosedError
-from binder.message import ORIGINAL_PARTITION
-from binder.partitioning import select_partition
 from binder.spi import OutboundRecord
 from binders.kafka.errors import CLIENT_ERRORS, backend_error
 
@@ -50,7 +46,6 @@ class SendQueue:
         self._large = max_request_size // 2  # a value this long has its whole size checked
         self._queue: deque[tuple[str, Sequence[OutboundRecord], asyncio.Future[_Handed]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._sticky: dict[str, int] = {}  # topic → partition for keyless records
         self._closed = False
 
     async def send(self, topic: str, records: Sequence[OutboundRecord]) -> None:
@@ -97,33 +92,42 @@ class SendQueue:
     async def _submit(
         self, topic: str, records: Sequence[OutboundRecord], deliveries: list[asyncio.Future[Any]]
     ) -> None:
-        """Batch ``records`` per partition and submit the batches, partitions in turn."""
+        """Batch ``records`` per partition; submit each batch once full, the last ones at the end.
+
+        A full batch goes to the client at once, so it is on the wire while the next ones are
+        built (submitting waits while that partition's previous batch is still queued, as
+        ``AIOKafkaProducer.send`` does); building every batch first would serialize the work
+        with the round trips.
+        """
         client = self._client
-        count = len(await client.partitions_for(topic))
-        batches: dict[int, list[Any]] = {}
-        sticky = self._sticky.get(topic, 0) % count
+        await self._check_partitions(topic, max((r.partition for r in records), default=0))
+        batches: dict[int, Any] = {}
         for r in records:
             partition = r.partition
-            if partition is None:
-                partition = sticky if r.key is None else select_partition(r.key, count)
             headers = _headers(r.headers) if r.headers else None
             if len(r.value) > self._large:
                 self._check_size(r, headers)
-            queued = batches.get(partition)
-            if queued is None:
-                queued = batches[partition] = [client.create_batch()]
-            if queued[-1].append(timestamp=None, key=r.key, value=r.value, headers=headers):
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = client.create_batch()
+            if batch.append(timestamp=None, key=r.key, value=r.value, headers=headers):
                 continue
-            queued.append(client.create_batch())  # full: the record starts the next batch
-            if not queued[-1].append(timestamp=None, key=r.key, value=r.value, headers=headers):
+            deliveries.append(await client.send_batch(batch, topic, partition=partition))
+            batch = batches[partition] = client.create_batch()  # the record starts the next one
+            if not batch.append(timestamp=None, key=r.key, value=r.value, headers=headers):
                 raise MessageSizeTooLargeError("an empty record batch refused a record")
-            if r.partition is None and r.key is None:
-                sticky = (sticky + 1) % count  # Kafka's sticky partitioner moves on, too
-        self._sticky[topic] = sticky + 1
-        placed = [[(partition, batch) for batch in queued] for partition, queued in batches.items()]
-        for turn in zip_longest(*placed):  # the first batch of each partition, then the second…
-            for partition, batch in filter(None, turn):
-                deliveries.append(await client.send_batch(batch, topic, partition=partition))
+        for partition, batch in batches.items():
+            deliveries.append(await client.send_batch(batch, topic, partition=partition))
+
+    async def _check_partitions(self, topic: str, highest: int) -> None:
+        """The client knows ``topic`` up to partition ``highest`` (the core placed records
+        over the count provisioning found, which may be newer than the client's metadata)."""
+        known = await self._client.partitions_for(topic)
+        if highest in known:
+            return
+        await self._client.client.force_metadata_update()
+        if highest not in await self._client.partitions_for(topic):
+            raise UnknownTopicOrPartitionError(f"{topic!r} has no partition {highest}")
 
     def _check_size(self, record: OutboundRecord, headers: Any) -> None:
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
@@ -167,44 +171,25 @@ class KafkaProducer:
     """Sends records to one topic; a send completes when the broker acknowledged it.
 
     A batch is pipelined (every record queued, then every acknowledgement awaited),
-    and order per partition is the order of the calls. A record whose ``partition``
-    the core chose goes there; otherwise Kafka's default partitioner places it
-    (murmur2 of the key, the same function as the core's).
+    and order per partition is the order of the calls. Each record goes to the
+    partition the core chose for it.
     """
 
-    def __init__(
-        self, queue: SendQueue, topic: str, servers: str, original_partitions: int | None = None
-    ) -> None:
+    def __init__(self, queue: SendQueue, topic: str, servers: str) -> None:
         self._queue = queue
         self._topic = topic
         self._servers = servers
-        self._original_partitions = original_partitions
         self._closed = False
-
-    async def send(self, record: OutboundRecord) -> None:
-        await self.send_batch((record,))
 
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
         if self._closed:
             raise ClosedError(f"kafka producer for {self._topic!r} is closed")
         if not records:
             return
-        if self._original_partitions is not None:
-            records = [self._to_original_partition(r) for r in records]
         try:
             await self._queue.send(self._topic, records)
         except CLIENT_ERRORS as exc:
             raise backend_error(self._servers, f"send to {self._topic!r}", exc) from exc
-
-    def _to_original_partition(self, record: OutboundRecord) -> OutboundRecord:
-        """A dead letter goes to the partition its original came from, when this topic has it."""
-        original = record.headers.get(ORIGINAL_PARTITION, "")
-        if record.partition is not None or not original.isdigit():
-            return record
-        assert self._original_partitions is not None
-        if int(original) >= self._original_partitions:
-            return record
-        return dataclasses.replace(record, partition=int(original))
 
     async def close(self) -> None:
         """Nothing to flush: every send waited for its acknowledgement. Idempotent."""

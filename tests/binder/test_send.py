@@ -83,3 +83,26 @@ def test_leaving_the_app_delivers_what_was_submitted(broker: str) -> None:
         assert Broker.named(broker).end_offsets("d") == {0: 50}
 
     asyncio.run(scenario())
+
+
+def test_a_backlog_of_accepted_sends_completes_a_slice_per_loop_iteration(broker: str) -> None:
+    """Thousands accepted at once are completed a slice at a time, so their waiters' callbacks
+    never pile up in the loop all together; every one of them completes, in call order."""
+
+    async def scenario() -> None:
+        async with _app(broker) as app:
+            await app.send("d", -1)
+            futures = [app.send("d", i) for i in range(5_000)]
+            done_when_first_woke: list[int] = []
+            futures[0].add_done_callback(
+                lambda _: done_when_first_woke.append(sum(f.done() for f in futures))
+            )
+            completed: list[int] = []
+            for i, future in enumerate(futures):
+                future.add_done_callback(lambda _, i=i: completed.append(i))
+            await asyncio.gather(*futures)
+        assert done_when_first_woke[0] < len(futures)
+        assert completed == list(range(len(futures)))
+        assert Broker.named(broker).end_offsets("d") == {0: 5_001}
+
+    asyncio.run(scenario())

@@ -196,6 +196,20 @@ async def app_backlog(root: Path, n: int, chunk: int | None) -> float:
     return n / elapsed
 
 
+async def futures_alone(n: int, chunk: int | None) -> float:
+    """The floor of the shape: ``n`` futures made, completed and gathered, no work at all."""
+    loop = asyncio.get_running_loop()
+    step = chunk or n
+    started = time.perf_counter()
+    for _ in range(0, n, step):
+        futures = [loop.create_future() for _ in range(step)]
+        gathered = asyncio.gather(*futures)
+        for future in futures:
+            future.set_result(None)
+        await gathered
+    return n / (time.perf_counter() - started)
+
+
 def backlog(base: Path, bare: float) -> float:
     """Print both shapes, best (median) of :data:`BACKLOG_RUNS` and their ratios to ``bare``;
     return the lower best ratio."""
@@ -215,6 +229,12 @@ def backlog(base: Path, bare: float) -> float:
             f"{best / bare:5.3f} ({median / bare:.3f})"
         )
         ratios.append(best / bare)
+        floor = [asyncio.run(futures_alone(BACKLOG_N, chunk)) for _ in range(BACKLOG_RUNS)]
+        top, middle = max(floor), statistics.median(floor)
+        print(
+            f"    (floor: futures + gather alone {top:10,.0f} ({middle:,.0f})"
+            f"  {top / bare:5.3f}; app.send = {best / top:.2f} of it)"
+        )
     return min(ratios)
 
 

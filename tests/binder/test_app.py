@@ -472,7 +472,7 @@ def _three_consumers() -> App:
 
 def test_input_bindings_start_concurrently() -> None:
     app = _three_consumers()
-    app._binder_factory = lambda name, entry: _JoiningBinder(name, delay=0.4)
+    app.use_binder_factory(lambda name, entry: _JoiningBinder(name, delay=0.4))
 
     async def scenario() -> float:
         started = time.perf_counter()
@@ -490,7 +490,7 @@ def test_a_binding_failing_to_start_stops_the_others_and_raises_its_error() -> N
         binders.append(_JoiningBinder(name, delay=0.2, fail="b"))
         return binders[-1]
 
-    app._binder_factory = make
+    app.use_binder_factory(make)
 
     async def scenario() -> None:
         async with app:
@@ -522,7 +522,7 @@ class _SlowProvisioning(_JoiningBinder):
 def test_first_sends_to_a_destination_open_it_once_and_keep_call_order() -> None:
     app = App(config={"binder": {"bindings": {}}}, environ={})
     made: list[_SlowProvisioning] = []
-    app._binder_factory = lambda name, entry: made.append(_SlowProvisioning(name, 0)) or made[-1]
+    app.use_binder_factory(lambda name, entry: made.append(_SlowProvisioning(name, 0)) or made[-1])
 
     async def scenario() -> list[Any]:
         async with app:

@@ -20,11 +20,18 @@ from typing import Any
 
 import pytest
 
-from binder import App, BindingState, Message
+from binder import App, BindingState, Message, plugins
 from binder.bindings import InputBinding
 from binder.errors import BackendError
 from binder.message import EXCEPTION_TYPE
-from binder.spi import Binder, ConsumerSpec, InboundRecord, OutboundRecord, RebalanceListener
+from binder.spi import (
+    Binder,
+    ConsumerSpec,
+    InboundRecord,
+    OutboundRecord,
+    ProducerSpec,
+    RebalanceListener,
+)
 from binder.testing.conformance.failures import Faults
 from binder.testing.conformance.support import IdleListener, Inbox, fetch_records
 from binders.log import LogBinder, LogOptions
@@ -47,10 +54,8 @@ def _app(broker: str, bindings: dict[str, Any], **section: Any) -> App:
 
 
 def _wrapped(app: App, wrap: Any) -> App:
-    from binder import plugins
-
     kind = plugins.binder_types()["log"]
-    app._binder_factory = lambda name, entry: wrap(kind.create(name, entry.options))
+    app.use_binder_factory(lambda name, entry: wrap(kind.create(name, entry.options)))
     return app
 
 
@@ -59,7 +64,7 @@ async def _read_after(broker: str, dest: str, group: str) -> bytes:
     committed when the witness comes first."""
     binder = LogBinder("raw", LogOptions(broker=broker))
     await binder.start()
-    producer = await binder.producer(_spec(dest))
+    producer = await binder.producer(ProducerSpec(dest))
     await producer.send_batch([OutboundRecord(b'"witness"', partition=0)])
     consumer = await binder.consumer(ConsumerSpec(dest, group), IdleListener())
     try:
@@ -67,12 +72,6 @@ async def _read_after(broker: str, dest: str, group: str) -> bytes:
     finally:
         await consumer.close()
         await binder.close()
-
-
-def _spec(dest: str) -> Any:
-    from binder.spi import ProducerSpec
-
-    return ProducerSpec(dest)
 
 
 def test_refused_send_with_two_lanes_is_dead_lettered_and_the_partition_commits(

@@ -10,7 +10,7 @@ import signal
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from binder import plugins
 from binder.bindings import BindingState, InputBinding, SupplierBinding
@@ -111,29 +111,52 @@ class App:
 
     # -- registration -----------------------------------------------------------------------
 
-    def function(self, fn: F | None = None, *, name: str | None = None) -> Any:
+    @overload
+    def function(self, fn: F, *, name: str | None = None) -> F: ...
+    @overload
+    def function(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def function(self, fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
         """Register a function: one input, one output (``<name>-in-0`` → ``<name>-out-0``).
+
+        Used bare (``@app.function``) or called (``@app.function(name=...)``); either way the
+        function itself is returned, with its type, so it stays callable and type-checked.
 
         The function takes exactly one parameter without a default, its input (the first
         positional one); further parameters need defaults and are left to them.
         """
         return self._register(fn, "function", name)
 
-    def consumer(self, fn: F | None = None, *, name: str | None = None) -> Any:
-        """Register a consumer: one input (``<name>-in-0``), no output.
+    @overload
+    def consumer(self, fn: F, *, name: str | None = None) -> F: ...
+    @overload
+    def consumer(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def consumer(self, fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+        """Register a consumer: one input (``<name>-in-0``), no output. Returns the function.
 
         As for :meth:`function`, one parameter without a default (the input); others keep
         their defaults.
         """
         return self._register(fn, "consumer", name)
 
+    @overload
+    def supplier(self, fn: F, *, interval: float = 1.0, name: str | None = None) -> F: ...
+    @overload
+    def supplier(
+        self, fn: None = None, *, interval: float = 1.0, name: str | None = None
+    ) -> Callable[[F], F]: ...
+
     def supplier(
         self, fn: F | None = None, *, interval: float = 1.0, name: str | None = None
-    ) -> Any:
-        """Register a supplier, called every ``interval`` seconds; output ``<name>-out-0``."""
+    ) -> F | Callable[[F], F]:
+        """Register a supplier, called every ``interval`` seconds; output ``<name>-out-0``.
+        Returns the function."""
         return self._register(fn, "supplier", name, interval=interval)
 
-    def _register(self, fn: F | None, kind: Any, name: str | None, **kw: Any) -> Any:
+    def _register(
+        self, fn: F | None, kind: Any, name: str | None, **kw: Any
+    ) -> F | Callable[[F], F]:
         def decorate(target: F) -> F:
             self.functions.add(FunctionDef.inspect(target, kind, name, **kw))
             return target

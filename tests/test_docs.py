@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+import sys
 import types
 from pathlib import Path
 
+import pytest
+import yaml
+
+from binder import plugins
+from binder.config import load_config
 from binder.docs import END, START, capability_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -21,9 +27,31 @@ def test_capability_table_matches_the_binders_declarations() -> None:
     assert table == capability_table(), "run: python -m binder.docs README.md"
 
 
-def test_quickstart_and_its_test_run() -> None:
+def test_quickstart_and_its_test_run(monkeypatch: pytest.MonkeyPatch) -> None:
     quickstart, test_block = _python_blocks()[:2]
-    module = types.ModuleType("shop")
-    exec(compile(quickstart, "README-quickstart", "exec"), module.__dict__)
-    exec(compile(test_block, "README-test", "exec"), module.__dict__)
-    module.test_price()
+    shop = types.ModuleType("shop")
+    exec(compile(quickstart, "README-quickstart", "exec"), shop.__dict__)
+    monkeypatch.setitem(sys.modules, "shop", shop)  # the test file imports it: `from shop ...`
+    test_module = types.ModuleType("test_shop")
+    exec(compile(test_block, "README-test", "exec"), test_module.__dict__)
+    test_module.test_price()
+
+
+def _yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("block", _yaml_blocks(), ids=lambda b: b.split("\n", 1)[0][:40])
+def test_every_yaml_block_is_a_valid_configuration(block: str) -> None:
+    document = yaml.safe_load(block)
+    assert isinstance(document, dict) and "binder" in document
+    load_config(document, {}, plugins.option_models())
+
+
+def test_the_quickstart_yaml_is_the_quickstart_configuration() -> None:
+    quickstart = _python_blocks()[0]
+    shop = types.ModuleType("shop")
+    exec(compile(quickstart, "README-quickstart", "exec"), shop.__dict__)
+    (block,) = [b for b in _yaml_blocks() if "price-in-0" in b and "pricetax" not in b]
+    written = load_config(yaml.safe_load(block), {}, plugins.option_models())
+    assert written == shop.app.config

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from binder import App
     from examples.orders.app import Ledger
 
+STEP = 500  # orders sent per gather
 CUSTOMERS = [f"c-{region}{n:03d}" for region in range(3) for n in range(40)]
 GROUPS = {  # group → the destination it reads
     "pipeline": "orders",
@@ -64,9 +65,25 @@ def progress(ledger: Ledger, sent: int, total: int, started: float) -> str:
     done = ledger.billed + sum(ledger.rejected.values())
     bar = "#" * min(30, int(30 * done / total))
     return (
-        f"\r[{bar:<30}] sent {sent:>6}/{total}  billed {ledger.billed:>6}  "
+        f"[{bar:<30}] sent {sent:>6}/{total}  billed {ledger.billed:>6}  "
         f"dead-lettered {sum(ledger.rejected.values()):>4}  {done / elapsed:>8,.0f} msg/s"
     )
+
+
+class Progress:
+    """Redraws one line on a terminal; elsewhere (a pipe, a CI log) prints a line a second."""
+
+    def __init__(self) -> None:
+        self._terminal = sys.stdout.isatty()
+        self._last = 0.0
+
+    def show(self, line: str, final: bool = False) -> None:
+        if self._terminal:
+            sys.stdout.write("\r" + line)
+        elif final or time.monotonic() - self._last >= 1.0:
+            sys.stdout.write(line + "\n")
+            self._last = time.monotonic()
+        sys.stdout.flush()
 
 
 def log_path(app: App) -> Path | None:
@@ -104,20 +121,37 @@ async def run(app: App, ledger: Ledger, total: int, seed: int) -> None:
         first_id = before["pipeline"].end if before else 0  # order ids go on across runs
         rng = random.Random(seed + first_id)
         started = time.perf_counter()
-        for start in range(0, total, 500):
-            batch = range(start, min(total, start + 500))
+        shown = Progress()
+        for start in range(0, total, STEP):
+            batch = range(start, min(total, start + STEP))
             await asyncio.gather(
                 *(app.send("orders", make_order(first_id + i, rng), key=None) for i in batch)
             )
-            sys.stdout.write(progress(ledger, batch[-1] + 1, total, started))
-            sys.stdout.flush()
-        await _finish(ledger, broker, total, started)
+            shown.show(progress(ledger, batch[-1] + 1, total, started))
+        await _finish(ledger, broker, total, started, shown)
+        shown.show(progress(ledger, total, total, started), final=True)
         elapsed = time.perf_counter() - started
         after = positions(broker) if broker else None
+        fsyncs = _fsyncs(broker)
     _summary(ledger, total, elapsed, path, before, after)
+    if fsyncs:
+        print(
+            f"\nwhat it waited for: {fsyncs:,} fdatasyncs of the log's files. With `fsync: batch`"
+            " every send and\ncommit waits for the group fsync covering it, so this disk's fsync"
+            " time paces the pipeline;\nBINDER_BINDERS__LOCAL__FSYNC=never shows it without"
+            " waiting for the disk."
+        )
 
 
-async def _finish(ledger: Ledger, broker: Broker | None, total: int, started: float) -> None:
+def _fsyncs(broker: Broker | None) -> int:
+    """How many file fsyncs the durable log has made so far (0 in memory)."""
+    syncer = getattr(broker.storage, "syncer", None) if broker is not None else None
+    return getattr(syncer, "fsyncs", 0)
+
+
+async def _finish(
+    ledger: Ledger, broker: Broker | None, total: int, started: float, shown: Progress
+) -> None:
     """Wait until every group committed everything on its destination (in memory: counts)."""
 
     def busy() -> bool:
@@ -130,8 +164,7 @@ async def _finish(ledger: Ledger, broker: Broker | None, total: int, started: fl
         if time.monotonic() > deadline:
             raise SystemExit("\nthe pipeline stopped making progress")
         await asyncio.sleep(0.1)
-        sys.stdout.write(progress(ledger, total, total, started))
-        sys.stdout.flush()
+        shown.show(progress(ledger, total, total, started))
 
 
 def _summary(
@@ -196,7 +229,9 @@ def kafka() -> Iterator[None]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)  # dead letters are counted below, not logged
+    logging.basicConfig(level=logging.ERROR)
+    for handler in logging.getLogger().handlers:  # dead letters are counted below, not logged
+        handler.addFilter(lambda record: " dead-lettering " not in record.getMessage())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--orders", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
@@ -210,7 +245,11 @@ def main() -> None:
         if args.clean and path is not None and path.exists():
             shutil.rmtree(path)
             print(f"removed {path}/")
-        asyncio.run(run(app, ledger, args.orders, args.seed))
+        try:
+            asyncio.run(run(app, ledger, args.orders, args.seed))
+        except KeyboardInterrupt:  # the app stopped cleanly: what it handled is committed
+            print("\ninterrupted: what was handled is committed; run again to finish the rest")
+            raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,30 @@ def test_the_demo_runs_unchanged_on_kafka() -> None:
     assert "on Kafka: a Tansu broker started for this run" in done.stdout
     assert "sent 400 orders; this run handled 400" in done.stdout
     assert "per-customer order kept: True" in done.stdout
+
+
+def test_ctrl_c_on_the_demo_ends_with_a_short_line(tmp_path: Path) -> None:
+    """SIGINT mid-run: the app drains and commits, the demo says so in one line, no traceback;
+    the progress line is redrawn with a carriage return only on a terminal."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "BINDER_"))}
+    environment["BINDER_BINDERS__LOCAL__PATH"] = str(tmp_path / "log")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "examples.orders.demo", "-n", "2000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()  # a progress line: the pipeline is running
+        assert first.startswith("[") and "\r" not in first
+        demo.send_signal(signal.SIGINT)
+        rest, errors = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+        demo.wait()
+    assert demo.returncode == 130, errors[-2000:]
+    assert "interrupted: what was handled is committed" in rest
+    assert "Traceback" not in errors and len(errors.splitlines()) <= 2, errors[-2000:]

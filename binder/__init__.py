@@ -18,6 +18,9 @@ from binder.errors import (
 )
 from binder.message import Message
 
+__version__ = "0.1.0"
+"""The package's version; the installed distribution's metadata (``binder --version``) wins."""
+
 __all__ = [
     "App",
     "BackendError",

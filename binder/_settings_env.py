@@ -17,7 +17,8 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping
+import reprlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, NamedTuple
 
 import yaml
@@ -26,6 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from binder._yaml import safe_load
 from binder.errors import ConfigError
 
 __all__ = [
@@ -96,7 +98,7 @@ def parse_env_value(text: str) -> Any:
     Dates and other non-JSON YAML types also stay text (a destination ``2024-01-01``).
     """
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
     except yaml.YAMLError:
         return text
     if value is None or isinstance(value, str | int | float | bool | list | dict):
@@ -281,15 +283,69 @@ def _origin(loc: EnvPath, origins: Mapping[EnvPath, str]) -> str | None:
 
 
 def _show(value: Any, key: str) -> str:
-    """``value`` for an error message: short, secrets masked."""
-    text = repr(masked(value, secret=_is_secret_key(key)))
-    return text if len(text) <= 80 else text[:77] + "..."
+    """``value`` for an error message: short, secrets masked, cut before it is formatted.
+
+    Only as much of ``value`` is visited as the shown text needs, so a huge value (or
+    one that shares its parts many times over) costs no more than a small one.
+    """
+    text = _Shown(_SHOW_CHARS).value(value, _is_secret_key(key), names=False)
+    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
+
+
+_SHOW_CHARS = 80
+
+
+class _Shown:
+    """A bounded ``repr(masked(value))``: it stops once ``limit`` characters are written."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def value(self, value: Any, secret: bool, names: bool) -> str:
+        if isinstance(value, Mapping):
+            items = (
+                (k, v, _child_secret(k, secret, names), k in _NAME_MAPS) for k, v in value.items()
+            )
+            return self.items("{", (self.pair(*item) for item in items), "}")
+        if isinstance(value, list | tuple):
+            return self.items("[", (self.value(item, secret, False) for item in value), "]")
+        if secret and value is not None:
+            return self.spend(repr(_MASK))
+        if isinstance(value, str):
+            room = max(self.left, 0) + 1
+            return self.spend(repr(masked(value[: room + _URL_SLACK])[:room]))
+        return self.spend(reprlib.repr(value))
+
+    def pair(self, key: Any, value: Any, secret: bool, names: bool) -> str:
+        shown = self.value(key, False, False) + self.spend(": ")
+        return shown + self.value(value, secret, names)
+
+    def items(self, opening: str, parts: Iterator[str], closing: str) -> str:
+        """``opening part, part... closing``; a part is computed only while room is left."""
+        written = [self.spend(opening)]
+        while self.left > 0:
+            part = next(parts, None)
+            if part is None:
+                return "".join(written) + closing
+            written.append(part if len(written) == 1 else ", " + part)
+            self.left -= 2
+        return "".join(written) + "..."
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        return text
 
 
 # --- secrets ----------------------------------------------------------------------------
 
 _SECRET_WORDS = ("password", "secret", "token", "credentials", "api-key")
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
+# scheme://user:password@ -- the group keeps what comes before the password. Linear: a match
+# starts only where a run of scheme characters starts (the lookbehind), and the possessive
+# runs never backtrack, so no character is scanned from many starting points.
+_URL_PASSWORD = re.compile(
+    r"((?<![A-Za-z0-9+.\-])[0-9+.\-]*+[A-Za-z][A-Za-z0-9+.\-]*+://[^\s/@:]*+:)[^\s/@]*+@"
+)
+_URL_SLACK = 4096  # a URL cut by an error message is masked on this much more of its text
 _MASK = "***"
 _NAME_MAPS = {"binders", "bindings", "retryable-exceptions"}
 

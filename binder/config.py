@@ -41,6 +41,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from binder._exceptions import warn_unknown_exceptions
 from binder._settings_env import (
     Duration,
     EnvOverrideSource,
@@ -53,6 +54,7 @@ from binder._settings_env import (
     unknown_key_message,
     with_key_hints,
 )
+from binder._yaml import safe_load
 from binder.errors import ConfigError, ExpressionError
 from binder.spi import kebab
 
@@ -166,6 +168,11 @@ class ConsumerOptions(_Model):
     batch_size: int = Field(100, ge=1)
     start_offset: Literal["earliest", "latest"] | None = None
     """``None``: earliest for a named group that never committed, latest for anonymous."""
+
+    def warn_unknown_exceptions(self, path: str) -> list[str]:
+        """Log a warning for each ``retryable-exceptions`` name that no loaded module defines
+        (the rule is in :mod:`binder._exceptions`); ``path`` is this model's key path."""
+        return warn_unknown_exceptions(self.retryable_exceptions, f"{path}.retryable-exceptions")
 
     @model_validator(mode="after")
     def _check_instance_index(self) -> Self:
@@ -452,13 +459,18 @@ def _document(doc: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The mapping in YAML file ``path`` (``{}`` when empty); errors name the file."""
+    """The mapping in YAML file ``path`` (``{}`` when empty); errors name the file.
+
+    Read by :class:`binder._yaml.StrictLoader`: a key written twice in one mapping, aliases
+    expanding the document by more than 100,000 nodes (or into themselves) and nesting
+    deeper than 64 levels are refused, naming the line.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc}") from None
     try:
-        document = yaml.safe_load(text)
+        document = safe_load(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in configuration file {str(path)!r}: {exc}") from None
     if document is None:

@@ -36,7 +36,6 @@ from binder.testing.conformance.failures import Faults
 from binder.testing.conformance.support import IdleListener, Inbox, fetch_records
 from binders.log import LogBinder, LogOptions
 from binders.log.engine import Broker
-from binders.log.engine.segment import CorruptLogError
 
 FAST_RETRY = {"max-attempts": 2, "back-off-initial-interval": 0.01}
 
@@ -228,84 +227,100 @@ async def _state_after(binding: InputBinding, wanted: BindingState, timeout: flo
     return binding.state
 
 
-def _damaged_log(path: Path, dest: str) -> None:
-    """A durable log whose topic ``dest`` has three batches, the second one damaged."""
-    broker = Broker("setup", storage=_durable_storage(path))
-    broker.create_topic(dest, 1)
-    now = time.time()
-    for b in range(3):
-        broker.append(dest, 0, [(None, f'"v{b}-{i}"'.encode(), {}, now) for i in range(4)])
-    broker.close()
-    segment = sorted((path / "topics" / dest / "0").glob("*.log"))[-1]
-    raw = bytearray(segment.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    segment.write_bytes(bytes(raw))
-    segment.with_suffix(".index").unlink()
+class _AlwaysFailing:
+    """Wraps a binder whose consumers fail on every fetch, as a backend that stays away."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def wrap(self, binder: Binder) -> Binder:
+        outer = self
+
+        class Wrapped:
+            name, capabilities = binder.name, binder.capabilities
+
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(binder, attr)
+
+            async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> Any:
+                outer.opened += 1
+                return _FetchFails(await binder.consumer(spec, listener))
+
+        return Wrapped()  # type: ignore[return-value]
 
 
-def _durable_storage(path: Path) -> Any:
-    from binders.log.engine.durable import DurableStorage, StorageSettings
+class _FetchFails:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
 
-    return DurableStorage(path, StorageSettings())
+    async def fetch(self) -> list[InboundRecord]:
+        raise BackendError("backend unreachable (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
-def test_a_binding_that_cannot_read_fails_with_the_cause_and_keeps_restarting(
-    tmp_path: Path,
+def test_a_binding_that_keeps_failing_restarts_with_a_growing_back_off(
+    broker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dest = "damaged"
-    _damaged_log(tmp_path / "log", dest)
-    doc = {
-        "binders": {"disk": {"type": "log", "path": str(tmp_path / "log")}},
-        "bindings": {"sink-in-0": {"destination": dest, "group": "g"}},
-    }
-    app = App(config={"binder": doc}, environ={})
-    inbox: Inbox[Any] = Inbox()
+    dest = f"in-{uuid.uuid4().hex[:6]}"
+    failing = _AlwaysFailing()
+    app = _wrapped(_app(broker, {"sink-in-0": {"destination": dest, "group": "g"}}), failing.wrap)
 
     @app.consumer
-    async def sink(payload: Any) -> None:
-        inbox.add(payload)
+    def sink(payload: Any) -> None:
+        pass
 
     async def scenario() -> tuple[int, BindingState, Any]:
         async with app:
             binding = app.binding("sink-in-0")
             assert isinstance(binding, InputBinding)
-            await inbox.wait_count(4)
             deadline = time.monotonic() + 10
-            while binding.restarts < 1 and time.monotonic() < deadline:
+            while binding.restarts < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await _state_after(binding, BindingState.FAILED)
             return binding.restarts, binding.state, binding.error
 
-    restarts, state, error = asyncio.run(asyncio.wait_for(scenario(), 20))
-    assert restarts >= 1 and state is BindingState.FAILED
-    assert isinstance(error, CorruptLogError)
+    with caplog.at_level(logging.WARNING, "binder.bindings"):
+        restarts, state, error = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert restarts >= 2 and state is BindingState.FAILED
+    assert isinstance(error, BackendError) and "unreachable" in str(error)
+    assert "restarting in 1 s" in caplog.text and "restarting in 2 s" in caplog.text
+    assert failing.opened == restarts + 1
 
 
 APP_MODULE = """
 from binder import App
+from binders.log.engine import Broker
 
 app = App()
+
+
+@app.supplier(interval=0.05)
+def orders():
+    return {"id": 1}
 
 
 @app.consumer
 def sink(payload):
     print("handled", payload, flush=True)
+    Broker.forget("exit-test")  # the backend goes away under the binding
 """
 
 
 def test_on_binding_failure_exit_makes_binder_run_exit_with_status_1(tmp_path: Path) -> None:
-    dest = "damaged"
-    _damaged_log(tmp_path / "log", dest)
     (tmp_path / "failing_app.py").write_text(APP_MODULE)
     (tmp_path / "application.yml").write_text(
         textwrap.dedent(
-            f"""
+            """
             binder:
+              function-definition: orders;sink
               on-binding-failure: exit
               binders:
-                disk: {{type: log, path: "{tmp_path / "log"}"}}
+                local: {type: log, broker: exit-test}
               bindings:
-                sink-in-0: {{destination: {dest}, group: g}}
+                orders-out-0: {destination: orders}
+                sink-in-0: {destination: orders, group: g}
             """
         )
     )
@@ -319,6 +334,6 @@ def test_on_binding_failure_exit_makes_binder_run_exit_with_status_1(tmp_path: P
     )
     assert done.returncode == 1, done.stderr
     assert time.monotonic() - started < 30
-    assert done.stdout.count("handled") == 4
-    assert "binding sink-in-0 failed: CorruptLogError" in done.stderr
+    assert "handled {'id': 1}" in done.stdout
+    assert "binding sink-in-0 failed: BackendError" in done.stderr
     assert "on-binding-failure: exit" in done.stderr

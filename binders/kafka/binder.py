@@ -137,11 +137,15 @@ class KafkaBinder:
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> KafkaConsumer:
         from aiokafka import AIOKafkaConsumer
 
-        from binders.kafka.consumer import KafkaConsumer
+        from binders.kafka.consumer import KafkaConsumer, assignors
 
         creating = self.options.default_partition_count
         count = await self.admin.ensure_topic(spec.destination, 1, creating)
-        client = AIOKafkaConsumer(**self._connection, **self._consumer_settings(spec))
+        settings = self._consumer_settings(spec)
+        settings["partition_assignment_strategy"] = assignors(
+            self.options.partition_assignment_strategy
+        )
+        client = AIOKafkaConsumer(**self._connection, **settings)
         flush_timeout = self.options.request_timeout_ms / 1000
         consumer = KafkaConsumer(client, spec, listener, self._servers, flush_timeout)
         try:

@@ -21,13 +21,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
 
 from binder.errors import BackendError
 from binder.spi import ConsumerSpec, InboundRecord, RebalanceListener
 from binders.kafka.errors import CLIENT_ERRORS, backend_error, backend_errors
 
-__all__ = ["KafkaConsumer"]
+__all__ = ["KafkaConsumer", "assignors"]
 
 log = logging.getLogger("binders.kafka.consumer")
 
@@ -36,6 +40,28 @@ _POLL_MS = 1000
 
 _NO_HEADERS: dict[str, str] = {}
 """Shared by every record without headers: the core copies headers, it never changes them."""
+
+_ASSIGNORS: dict[str, type[AbstractPartitionAssignor]] = {
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+    "sticky": StickyPartitionAssignor,
+}
+
+
+def assignors(names: Sequence[str]) -> tuple[type[AbstractPartitionAssignor], ...]:
+    """The assignor classes of ``partition-assignment-strategy``, for one client.
+
+    aiokafka's sticky assignor keeps the member's last assignment in class attributes, so
+    each client gets a subclass of its own: two consumers in one process must not offer
+    each other's partitions as their own.
+    """
+    return tuple(
+        type("StickyPartitionAssignor", (StickyPartitionAssignor,), {})
+        if name == "sticky"
+        else _ASSIGNORS[name]
+        for name in names
+    )
+
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord

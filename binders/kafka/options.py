@@ -14,9 +14,18 @@ from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from binder.spi import BinderOptions
 
-__all__ = ["DEFAULT_BOOTSTRAP_SERVERS", "KafkaOptions"]
+__all__ = ["ASSIGNORS", "DEFAULT_ASSIGNORS", "DEFAULT_BOOTSTRAP_SERVERS", "KafkaOptions"]
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+
+ASSIGNORS = ("range", "roundrobin", "sticky")
+"""The group assignment protocols aiokafka implements (the eager ones: it has no
+``cooperative-sticky``)."""
+
+DEFAULT_ASSIGNORS = ("range", "roundrobin")
+"""Offered by default, preferred first: a default librdkafka member offers
+``range,roundrobin`` and a default Java member ``[range, cooperative-sticky]``, so each
+shares a protocol with a binder member and they can be in one group."""
 
 
 def _number_if_numeric(value: object) -> object:
@@ -24,6 +33,24 @@ def _number_if_numeric(value: object) -> object:
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
     return value
+
+
+def _assignor_names(value: object) -> object:
+    """``"range, roundrobin"`` (Kafka's own comma-separated form) → a list; names checked:
+    an unknown or repeated one is refused with the names aiokafka has."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        return value
+    for name in value:
+        if name not in ASSIGNORS:
+            hint = (
+                " (aiokafka has no cooperative rebalancing)" if "cooperative" in str(name) else ""
+            )
+            raise ValueError(f"unknown assignor {name!r}{hint}: use {', '.join(ASSIGNORS)}")
+    if len(set(value)) < len(value):
+        raise ValueError(f"an assignor is listed twice: {', '.join(map(str, value))}")
+    return list(value)
 
 
 def _bootstrap_default() -> str:
@@ -88,6 +115,15 @@ class KafkaOptions(BinderOptions):
     group_instance_id: str | None = None
     """Static membership: each consumer joins as ``<group-instance-id>-<destination>``."""
     fetch_max_wait_ms: int = Field(500, ge=0)
+    partition_assignment_strategy: Annotated[
+        list[Literal["range", "roundrobin", "sticky"]],
+        BeforeValidator(_assignor_names),
+        Field(min_length=1),
+    ] = Field(default_factory=lambda: list(DEFAULT_ASSIGNORS))
+    """Assignment protocols this member offers, preferred first (``range``, ``roundrobin``,
+    ``sticky``); a group forms on one that every member offers (Kafka chooses by the
+    members' preferences). Default ``[range, roundrobin]``, so default Java and librdkafka
+    members can share a group with it."""
 
     @model_validator(mode="after")
     def _check_security(self) -> Self:

@@ -36,14 +36,19 @@ def binder_add_binder_types() -> Sequence[BinderType]:
 
 @hookimpl
 def binder_add_commands(commands: Any) -> None:
-    """``binder log inspect|verify PATH``."""
-    log_tool = commands.add_parser("log", help="inspect or verify a durable log directory")
-    log_tool.add_argument("action", choices=["inspect", "verify"])
+    """``binder log inspect|verify PATH``, ``binder log repair PATH [--skip-damaged]``."""
+    log_tool = commands.add_parser("log", help="inspect, verify or repair a durable log directory")
+    log_tool.add_argument("action", choices=["inspect", "verify", "repair"])
     log_tool.add_argument("path", help="the log binder's path")
+    log_tool.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="repair: give up the offsets that cannot be read (without it, a dry run)",
+    )
     log_tool.set_defaults(handler=_log_tool)
 
 
 def _log_tool(args: argparse.Namespace) -> int:
     from binders.log.engine import tools  # only for this command
 
-    return int(tools.main(args.action, args.path))
+    return int(tools.main(args.action, args.path, args.skip_damaged))

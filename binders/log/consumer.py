@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from binder.spi import ConsumerSpec, InboundRecord
 from binders.log.engine import Member
+from binders.log.engine.segment import CorruptLogError
 from binders.log.errors import ENGINE_ERRORS, backend_error
 
 __all__ = ["LogConsumer"]
@@ -15,7 +16,9 @@ class LogConsumer:
     """One member of a group on one topic; commits are the group's offsets.
 
     A fetch is safe to cancel (the member advances only when it returns records); a
-    pause is the member's and outlasts any reassignment.
+    pause is the member's and outlasts any reassignment. A partition damaged on disk
+    stops alone, at the damage (:attr:`damaged`); the fetch goes on with the others,
+    so the binding keeps running.
     """
 
     def __init__(self, member: Member, spec: ConsumerSpec) -> None:
@@ -28,6 +31,11 @@ class LogConsumer:
             return await self._member.poll(self._max)
         except ENGINE_ERRORS as exc:
             raise backend_error(f"fetch from {self._topic!r}", exc) from exc
+
+    @property
+    def damaged(self) -> dict[int, CorruptLogError]:
+        """``{partition: error}`` of the assigned partitions stopped at damage on disk."""
+        return self._member.damaged
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
         last: dict[int, int] = {}

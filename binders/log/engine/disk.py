@@ -232,7 +232,8 @@ class DiskPartitionLog:
 
     @property
     def damage(self) -> list[Damage]:
-        """Offsets recovery found unreadable (mid-log corruption, gaps)."""
+        """Offsets recovery found unreadable (mid-log corruption, gaps); ``skipped`` ones were
+        given up by ``binder log repair`` and are read past."""
         return list(self._damage)
 
     # -- other processes -----------------------------------------------------------------------
@@ -315,9 +316,15 @@ class DiskPartitionLog:
     def _read_disk(self, offset: int, max_records: int) -> list[StoredRecord]:
         for damage in self._damage:
             if damage.first <= offset < damage.end:
+                if damage.skipped:  # given up by `binder log repair`: go on after it
+                    return self.read(damage.end, max_records)
                 raise CorruptLogError(
                     f"log: offsets {damage.first}..{damage.end - 1} of {self._label} are damaged"
-                    f" on disk; run `binder log verify` on the log's path"
+                    f" on disk; run `binder log verify` on the log's path",
+                    topic=self.topic,
+                    partition=self.partition,
+                    first=damage.first,
+                    end=damage.end,
                 )
         segment = self._segments[max(bisect_right(self._bases, offset) - 1, 0)]
         hint = self._hint

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from binder.errors import BackendError
 from binder.wakeup import wake
 from binders.log.engine.membership import member_id
+from binders.log.engine.segment import CorruptLogError
 from binders.log.engine.storage import StoredRecord
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class Member:
         self._group = topic._group_locked(group) if dynamic else None
         self._joined_with = topic.partition_count
         self._held: dict[int, int] = {}
+        self._damaged: dict[int, CorruptLogError] = {}
+        self._reported: set[tuple[int, int | None]] = set()
         self._order: list[int] = []
         self._cursor = 0
         self._unannounced: set[int] = set()
@@ -150,6 +153,12 @@ class Member:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def damaged(self) -> dict[int, CorruptLogError]:
+        """Held partitions stopped at damage on disk, each with its error (see :meth:`poll`)."""
+        with self._lock:
+            return dict(self._damaged)
+
     def position(self, partition: int) -> int | None:
         """The next offset this member reads from ``partition``; ``None`` if not held."""
         with self._lock:
@@ -168,9 +177,11 @@ class Member:
         once closed. Cancellation is safe: nothing is read by a cancelled poll.
         An exception from a callback propagates (revoked partitions are
         released all the same). On a durable log, a held partition whose next
-        records are damaged on disk raises
-        :class:`~binders.log.engine.segment.CorruptLogError` (a ``BackendError``),
-        once the records before the damage were returned.
+        records are damaged on disk stops there alone: the records before the
+        damage are returned, the error is logged once and kept in
+        :attr:`damaged`, its position stays at the damage (nothing is skipped)
+        and the other partitions go on. It is read again only once it was
+        released and assigned again (after ``binder log repair``, say).
         """
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
@@ -315,6 +326,7 @@ class Member:
             return
         for partition in partitions:
             del self._held[partition]
+            self._damaged.pop(partition, None)
             self._unannounced.discard(partition)
             if self._group is not None and self._group.holders.get(partition) is self:
                 del self._group.holders[partition]
@@ -327,10 +339,10 @@ class Member:
     def _read_locked(self, max_records: int) -> list[StoredRecord]:
         """Round-robin over held partitions, a fair share each, until full or dry.
 
-        A log that cannot read on (damage on disk) raises; records read before
-        that are returned first, so the error surfaces exactly at the damage.
+        A partition that cannot read on (damage on disk) is set aside in
+        :attr:`_damaged` at its position; the others are read on.
         """
-        order, held, logs = self._order, self._held, self._topic._logs
+        order, held, logs, damaged = self._order, self._held, self._topic._logs, self._damaged
         count = len(order)
         out: list[StoredRecord] = []
         if not count:
@@ -344,11 +356,14 @@ class Member:
             for i in range(count):
                 partition = order[(first + i) % count]
                 log = logs[partition]
-                if log.end_offset <= held[partition]:
+                if log.end_offset <= held[partition] or partition in damaged:
                     continue
                 try:
                     records = log.read(held[partition], min(share, remaining))
-                except BackendError:  # damage on disk: hand out what was read before it first
+                except CorruptLogError as exc:
+                    self._set_aside_locked(partition, exc)
+                    continue
+                except BackendError:  # hand out what was read before the failure first
                     if out:
                         return out
                     raise
@@ -360,6 +375,30 @@ class Member:
                     if not remaining:
                         break
         return out
+
+    def _set_aside_locked(self, partition: int, exc: CorruptLogError) -> None:
+        """Stop reading ``partition`` at its position (damage on disk); log it once."""
+        self._damaged[partition] = exc
+        position = self._held[partition]
+        if (partition, exc.first) in self._reported:
+            return
+        self._reported.add((partition, exc.first))
+        if exc.end is not None:
+            unread = f"offsets {exc.first}..{exc.end - 1}"
+        else:
+            unread = f"the batch holding offset {position}"
+        log.error(
+            "log: %s/%d stopped at offset %d for group %s: %s cannot be read (damage on disk);"
+            " the other partitions go on. `binder log repair PATH --skip-damaged` gives them up"
+            " (%s)",
+            self.topic,
+            partition,
+            position,
+            self.group or "(anonymous)",
+            unread,
+            exc,
+            extra={"destination": self.topic, "group": self.group, "partition": partition},
+        )
 
     def _wake_locked(self) -> None:
         waiter, self._waiter = self._waiter, None

@@ -15,23 +15,80 @@
   gap between segments, are damage in the middle of the log: logged as an
   error, left on disk for inspection, and reported by ``verify``; a reader
   that reaches those offsets gets a :class:`~binders.log.engine.segment.CorruptLogError`
-  instead of silently skipping them.
+  instead of silently skipping them;
+- damage that ``binder log repair --skip-damaged`` gave up (the ranges in the
+  partition's ``skipped.json``) is no longer a problem: it is kept as
+  :class:`~binders.log.engine.segment.Damage` with ``skipped`` set, which
+  readers go past, and listed in :attr:`Recovered.skipped`. A segment holding
+  such a range is scanned on every start (its index does not say where the
+  bad bytes are).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
+import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from binders.log.engine.records import FRAME, frame_size, read_frame
 from binders.log.engine.segment import Damage, Scan, Segment, scan
+from binders.log.engine.sync import fsync_path
 
-__all__ = ["Recovered", "recover", "segment_bases"]
+__all__ = ["SKIPS", "Recovered", "Skip", "add_skips", "read_skips", "recover", "segment_bases"]
 
 log = logging.getLogger("binders.log")
+
+SKIPS = "skipped.json"
+"""The file in a partition's directory listing the offset ranges given up by a repair."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Offsets ``first..last`` of a partition, given up by ``binder log repair`` at ``at``."""
+
+    first: int
+    last: int
+    at: str
+
+    def covers(self, damage: Damage) -> bool:
+        return self.first <= damage.first and damage.end <= self.last + 1
+
+    def touches(self, segment: Segment) -> bool:
+        return self.first < segment.end and segment.base <= self.last
+
+
+def read_skips(directory: Path) -> list[Skip]:
+    """The ranges given up in the partition in ``directory`` (none when there is no file)."""
+    try:
+        raw = json.loads((directory / SKIPS).read_text(encoding="utf-8"))
+        return [Skip(int(s["first"]), int(s["last"]), str(s.get("at", ""))) for s in raw["skipped"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("log: %s unreadable (%s); its ranges count as damage", directory / SKIPS, exc)
+        return []
+
+
+def add_skips(directory: Path, ranges: Sequence[Damage]) -> list[Skip]:
+    """Record ``ranges`` as given up (atomically, fsynced); the ranges added."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    added = [Skip(d.first, d.end - 1, at) for d in ranges]
+    rows = [dataclasses.asdict(s) for s in [*read_skips(directory), *added]]
+    temp = directory / f"{SKIPS}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(temp, "w", encoding="utf-8") as file:
+        json.dump({"skipped": rows}, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, directory / SKIPS)
+    fsync_path(directory)
+    return added
 
 
 @dataclass
@@ -44,6 +101,8 @@ class Recovered:
     """Damage: torn tails, corrupt batches, gaps, index entries that point astray."""
     notes: list[str] = field(default_factory=list)
     """What a start-up simply redoes: missing or stale indexes."""
+    skipped: list[str] = field(default_factory=list)
+    """Damage a repair gave up (``skipped.json``): known, read past, not a problem."""
 
 
 def segment_bases(directory: Path) -> list[int]:
@@ -59,6 +118,7 @@ def recover(directory: Path, label: str, *, repair: bool, full: bool = False) ->
     """Open (``repair``: and fix) the segments of the partition in ``directory``."""
     result = Recovered()
     bases = segment_bases(directory)
+    skips = read_skips(directory)
     if repair:
         _remove_strays(directory, bases)
     if not bases:
@@ -68,9 +128,9 @@ def recover(directory: Path, label: str, *, repair: bool, full: bool = False) ->
     for i, base in enumerate(bases):
         last = i == len(bases) - 1
         segment = Segment(directory, base)
-        _open_segment(segment, label, last, repair, full, result)
+        _open_segment(segment, label, last, repair, full, result, skips)
         if result.segments:
-            _check_continuity(result.segments[-1], segment, label, result, repair)
+            _check_continuity(result.segments[-1], segment, label, result, repair, skips)
         result.segments.append(segment)
     if repair:
         result.segments[-1].reopen_active()
@@ -88,9 +148,16 @@ def _remove_strays(directory: Path, bases: list[int]) -> None:
 
 
 def _open_segment(
-    segment: Segment, label: str, last: bool, repair: bool, full: bool, result: Recovered
+    segment: Segment,
+    label: str,
+    last: bool,
+    repair: bool,
+    full: bool,
+    result: Recovered,
+    skips: list[Skip],
 ) -> None:
     trusted = segment.load_index()
+    full = full or any(skip.touches(segment) for skip in skips)
     if trusted and not full and not last:
         return
     if trusted and not full:
@@ -104,9 +171,9 @@ def _open_segment(
             result.notes.append(f"{label}: index of {segment.path.name} missing or stale")
         found = _scan_file(segment, 0, None)
         if trusted:
-            _check_index(segment, label, result)
+            trusted = _check_index(segment, label, result)
         segment.adopt(found)
-    _report(segment, found, label, last, repair, result)
+    _report(segment, found, label, last, repair, result, skips)
     if repair and not trusted and not last:
         segment.write_index()
 
@@ -134,9 +201,17 @@ def _merge_tail(segment: Segment, tail: Scan) -> None:
 
 
 def _report(
-    segment: Segment, found: Scan, label: str, last: bool, repair: bool, result: Recovered
+    segment: Segment,
+    found: Scan,
+    label: str,
+    last: bool,
+    repair: bool,
+    result: Recovered,
+    skips: list[Skip],
 ) -> None:
     for damage in found.damage:
+        if _known(damage, label, result, repair, skips):
+            continue
         result.damage.append(damage)
         _problem(
             result,
@@ -148,6 +223,8 @@ def _report(
         return
     position, size = found.torn
     if not last:  # more of the log follows: damage (the gap is reported by the continuity check)
+        if any(skip.first == found.end for skip in skips):
+            return  # the gap after it was given up: a repair left the bytes as they are
         _problem(
             result,
             f"{label}: {size} byte(s) at the end of sealed segment {segment.path} (byte"
@@ -165,14 +242,30 @@ def _report(
         log.warning("log: %s; cut them", message)
 
 
+def _known(damage: Damage, label: str, result: Recovered, repair: bool, skips: list[Skip]) -> bool:
+    """Whether a repair gave ``damage`` up; if so it is kept as skipped, and listed."""
+    skip = next((s for s in skips if s.covers(damage)), None)
+    if skip is None:
+        return False
+    result.damage.append(dataclasses.replace(damage, skipped=True))
+    message = (
+        f"{label}: offsets {damage.first}..{damage.end - 1} were given up by"
+        f" `binder log repair` ({skip.at}); readers go on from offset {damage.end}"
+    )
+    result.skipped.append(message)
+    if repair:
+        log.info("log: %s", message)
+    return True
+
+
 def _problem(result: Recovered, message: str, repair: bool) -> None:
     result.problems.append(message)
     if repair:
         log.error("log: %s", message)
 
 
-def _check_index(segment: Segment, label: str, result: Recovered) -> None:
-    """``verify``: every index entry points at the batch holding its offset."""
+def _check_index(segment: Segment, label: str, result: Recovered) -> bool:
+    """``verify``: every index entry points at the batch holding its offset (else False)."""
     fd = os.open(segment.path, os.O_RDONLY)
     try:
         for rel, position in zip(segment.offsets, segment.positions, strict=True):
@@ -183,18 +276,27 @@ def _check_index(segment: Segment, label: str, result: Recovered) -> None:
                     f"{label}: index of {segment.path.name} maps offset {segment.base + rel}"
                     f" to byte {position}, which does not hold it"
                 )
-                return
+                return False
     finally:
         os.close(fd)
+    return True
 
 
 def _check_continuity(
-    previous: Segment, segment: Segment, label: str, result: Recovered, repair: bool
+    previous: Segment,
+    segment: Segment,
+    label: str,
+    result: Recovered,
+    repair: bool,
+    skips: list[Skip],
 ) -> None:
     if previous.end == segment.base:
         return
     if previous.end < segment.base:
-        result.damage.append(Damage(previous.size, 0, previous.end, segment.base))
+        gap = Damage(previous.size, 0, previous.end, segment.base)
+        if _known(gap, label, result, repair, skips):
+            return
+        result.damage.append(gap)
         _problem(
             result,
             f"{label}: offsets {previous.end}..{segment.base - 1} are missing between"

@@ -57,7 +57,27 @@ _CRC = struct.Struct("<I")
 
 
 class CorruptLogError(BackendError):
-    """A batch on disk fails its checksum or framing where records were expected."""
+    """A batch on disk fails its checksum or framing where records were expected.
+
+    ``topic`` and ``partition`` say where; ``first`` is the first offset that
+    cannot be read, ``end`` the offset reading could go on from (``None`` when
+    only a full scan, ``binder log verify``, can tell).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        first: int | None = None,
+        end: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.first = first
+        self.end = end
 
 
 def log_name(base: int) -> str:
@@ -74,6 +94,8 @@ class Damage:
     """First offset lost (the offset expected at ``position``)."""
     end: int
     """Offset of the next valid batch."""
+    skipped: bool = False
+    """Given up by ``binder log repair --skip-damaged``: readers go on from ``end``."""
 
 
 @dataclass(slots=True)
@@ -359,13 +381,13 @@ class Segment:
                     claimed = frame_size(chunk, at) or FRAME.size + HEAD.size
                     whole = at + claimed <= len(chunk)
                     if whole or position + at + claimed > self.size:
-                        return self._stop(out, position + at, offset)
+                        return self._stop(out, position + at, offset, topic, partition)
                     if at:
                         break  # cut off by the end of the chunk: read on from here
                     chunk = os.pread(fd, claimed, position)
                     info = read_frame(chunk, 0, position)
                     if info is None:
-                        return self._stop(out, position, offset)
+                        return self._stop(out, position, offset, topic, partition)
                 if info.end > offset:
                     records = decode(chunk, at, topic, partition)
                     out.extend(records if info.base >= offset else records[offset - info.base :])
@@ -374,14 +396,17 @@ class Segment:
         return out, position
 
     def _stop(
-        self, out: list[InboundRecord], position: int, offset: int
+        self, out: list[InboundRecord], position: int, offset: int, topic: str, partition: int
     ) -> tuple[list[InboundRecord], int]:
         """At a batch that fails its checks: what was read before it, else the error."""
         if out:
             return out, position
         raise CorruptLogError(
             f"log: corrupt batch in {self.path} at byte {position} (reading offset {offset});"
-            f" run `binder log verify` on the log's path"
+            f" run `binder log verify` on the log's path",
+            topic=topic,
+            partition=partition,
+            first=offset,
         )
 
     def _reader(self) -> int:

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -128,27 +129,64 @@ def test_a_corrupt_batch_in_the_middle_is_reported_and_never_skipped(
     assert again.append(batch(12, 1)) == 12
 
 
-def test_a_member_gets_the_records_before_damage_then_the_error(
-    tmp_path: Path, durable: Callable[..., Broker]
-) -> None:
-    broker = durable()
-    broker.create_topic("t", 1)
-    for i in range(3):
-        broker.append("t", 0, batch(4 * i, 4))
-    broker.close()
-    path = segment_file(tmp_path / "log" / "topics" / "t" / "0")
+def _flip_a_byte_in_the_middle(path: Path) -> None:
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # inside the second of three batches
+    raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    path.with_suffix(".index").unlink()  # so that the start-up scan sees it
 
-    async def scenario() -> None:
-        member = durable().join("t", "g")
-        assert [r.offset for r in await member.poll(100)] == list(range(4))
-        with pytest.raises(CorruptLogError):
-            await member.poll(100)
 
-    asyncio.run(scenario())
+async def _poll_until_stopped(member: Any, healthy: int) -> list[tuple[int, int]]:
+    """Poll until ``healthy`` records of the healthy partitions came and one partition stopped."""
+    got: list[tuple[int, int]] = []
+    while sum(p != 1 for p, _ in got) < healthy or not member.damaged:
+        got += [(r.partition, r.offset) for r in await member.poll(100)]
+    return got
+
+
+@pytest.mark.parametrize("found_by", ["start-up", "read"])
+def test_a_damaged_partition_stops_alone_at_the_damage(
+    tmp_path: Path,
+    durable: Callable[..., Broker],
+    caplog: pytest.LogCaptureFixture,
+    found_by: str,
+) -> None:
+    # "read": several sealed segments with trusted indexes, so only the read meets the damage
+    policy = TopicPolicy(segment_bytes=10_000 if found_by == "start-up" else 200)
+    broker = durable(policy=policy)
+    broker.create_topic("t", 3)
+    for i in range(3):
+        for p in range(3):
+            broker.append("t", p, batch(4 * i, 4))
+    broker.close()
+    directory = tmp_path / "log" / "topics" / "t" / "1"
+    damaged = segment_file(directory, 1 if found_by == "read" else -1)
+    _flip_a_byte_in_the_middle(damaged)
+    if found_by == "start-up":
+        damaged.with_suffix(".index").unlink()  # so that the start-up scan sees it
+
+    async def scenario() -> Any:
+        member = durable(policy=policy).join("t", "g")
+        got = await asyncio.wait_for(_poll_until_stopped(member, 24), 10)
+        healthy = [(p, o) for p in (0, 2) for o in range(12)]
+        assert sorted(x for x in got if x[0] != 1) == healthy  # every record of the others
+        stopped = [o for p, o in got if p == 1]
+        assert stopped and stopped == list(range(len(stopped)))  # from 0 up to the damage
+        assert member.position(1) == len(stopped) < 12  # not one offset past it
+        assert set(member.damaged) == {1}
+        assert isinstance(member.damaged[1], CorruptLogError)
+        broker = member._broker
+        broker.append("t", 0, batch(12, 1))  # the member goes on with the healthy partitions
+        assert [(r.partition, r.offset) for r in await member.poll(100)] == [(0, 12)]
+        return member.damaged[1]
+
+    with caplog.at_level(logging.ERROR, "binders.log"):
+        error = asyncio.run(scenario())
+    assert error.topic == "t" and error.partition == 1
+    stops = [r for r in caplog.records if "stopped at offset" in r.getMessage()]
+    assert len(stops) == 1  # once per damage, naming topic, partition and offsets
+    assert f"t/1 stopped at offset {error.first}" in stops[0].getMessage()
+    if found_by == "start-up":
+        assert f"offsets {error.first}..{error.end - 1} cannot be read" in stops[0].getMessage()
 
 
 def test_a_missing_segment_is_a_gap_that_reads_refuse(

@@ -7,9 +7,12 @@ runs in a worker thread one chunk at a time, so the event loop (and the
 heartbeats of real backends) never stalls and the thread hop is paid once per
 chunk rather than once per message. A failure of the function or of the send
 of its outputs retries in place (keeping key order), then dead-letters; a refused
-commit is retried. What cannot go on (the consumer failed or closed) fails the
-binding, whose supervisor replaces the consumer after a back-off, or stops the
-app (``binder.on-binding-failure: exit``). Every binding can be stopped, started,
+commit is retried. Each failure is logged with its traceback by the ``binder.bindings``
+logger: at WARNING for an attempt that will be retried, at ERROR for the message then
+dead-lettered or dropped (``binding``, ``destination``, ``group``, ``partition`` and
+``offset`` in the record's ``extra``). What cannot go on (the consumer failed or
+closed) fails the binding, whose supervisor replaces the consumer after a back-off,
+or stops the app (``binder.on-binding-failure: exit``). Every binding can be stopped, started,
 paused and resumed at run time; :attr:`state` tells where it is, :attr:`error` why
 it failed.
 """
@@ -532,7 +535,9 @@ class InputBinding(_Lifecycle):
         (or drop, logged), and commit. Stopping leaves it uncommitted, to be redelivered."""
         attempt = 1
         while self.policy.should_retry(exc, attempt):
-            if await self._sleep(self.policy.delay(attempt)):
+            delay = self.policy.delay(attempt)
+            self._log_retry(records, exc, attempt, delay)
+            if await self._sleep(delay):
                 raise _Abandon
             attempt += 1
             try:
@@ -545,10 +550,36 @@ class InputBinding(_Lifecycle):
         await self._give_up(records, exc, attempt)
         await self._complete(records)
 
+    def _log_retry(
+        self, records: Sequence[InboundRecord], exc: BaseException, attempt: int, delay: float
+    ) -> None:
+        log.warning(
+            "%s: attempt %d of %d failed, retrying in %.3g s: %s",
+            self.name,
+            attempt,
+            self.policy.max_attempts,
+            delay,
+            exc,
+            exc_info=exc,
+            extra=self._extra(records),
+        )
+
+    def _extra(self, records: Sequence[InboundRecord]) -> dict[str, Any]:
+        """What a log record about ``records`` carries in ``extra`` (the first one's place)."""
+        first = records[0] if records else None
+        return {
+            "binding": self.name,
+            "destination": self.destination,
+            "group": self.group,
+            "partition": first.partition if first is not None else None,
+            "offset": first.offset if first is not None else None,
+        }
+
     async def _give_up(
         self, records: Sequence[InboundRecord], exc: BaseException, attempts: int
     ) -> None:
         kind = "undecodable" if isinstance(exc, ConversionError) else "failed"
+        extra = self._extra(records)
         if self.dead_letters is None:
             log.error(
                 "%s: dropping %d %s message(s) after %d attempt(s): %s",
@@ -557,10 +588,12 @@ class InputBinding(_Lifecycle):
                 kind,
                 attempts,
                 exc,
+                exc_info=exc,
+                extra=extra,
             )
             return
         letters = [dead_letter_record(r, exc, self.group, attempts) for r in records]
-        log.warning(
+        log.error(
             "%s: dead-lettering %d %s message(s) to %s after %d attempt(s): %s",
             self.name,
             len(records),
@@ -568,13 +601,17 @@ class InputBinding(_Lifecycle):
             self.dead_letters.destination,
             attempts,
             exc,
+            exc_info=exc,
+            extra=extra,
         )
         while True:
             try:
                 await self.dead_letters.send_records(letters)
                 return
             except Exception as send_error:
-                log.error("%s: dead-letter send failed, retrying: %s", self.name, send_error)
+                log.error(
+                    "%s: dead-letter send failed, retrying: %s", self.name, send_error, extra=extra
+                )
                 if await self._sleep(self.policy.max_interval):
                     raise _Abandon from send_error
 

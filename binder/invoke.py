@@ -84,8 +84,9 @@ class Invoker:
         return decode if decode is not None else self._decoder(content_type)
 
     def _decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
-        """bytes → adapted payload for one content type; a few are kept (bounded)."""
-        base = self._content_type if content_type is None else mime_base(content_type)
+        """bytes → adapted payload for one content type; a few are kept (bounded). Spring's
+        forms are read too (quoted, with parameters); an empty one is the binding's own."""
+        base = (mime_base(content_type) if content_type else "") or self._content_type
         target = self._target
         decode: Callable[[bytes], Any]
         if target.type is bytes:  # a bytes parameter takes the payload as it came

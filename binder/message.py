@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
+
+from binder.errors import ConversionError
 
 __all__ = [
     "CONTENT_TYPE",
     "DELIVERY_ATTEMPT",
     "EXCEPTION_MESSAGE",
+    "EXCEPTION_STACKTRACE",
     "EXCEPTION_TYPE",
+    "ORIGINAL_DELIVERY_ATTEMPT",
     "ORIGINAL_DESTINATION",
     "ORIGINAL_GROUP",
     "ORIGINAL_OFFSET",
@@ -27,19 +32,25 @@ CONTENT_TYPE = "contentType"
 DELIVERY_ATTEMPT = "x-delivery-attempt"
 EXCEPTION_TYPE = "x-exception-type"
 EXCEPTION_MESSAGE = "x-exception-message"
+EXCEPTION_STACKTRACE = "x-exception-stacktrace"
+ORIGINAL_DELIVERY_ATTEMPT = "x-original-delivery-attempt"
 ORIGINAL_DESTINATION = "x-original-destination"
 ORIGINAL_GROUP = "x-original-group"
 ORIGINAL_PARTITION = "x-original-partition"
 ORIGINAL_OFFSET = "x-original-offset"
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
 
 class Message(Generic[T]):
     """A payload with its key, headers and, on receipt, where it came from.
 
-    Header values are strings on every backend (a non-string value given on
-    send is converted with ``str``). A received ``key`` is a ``str`` when its
-    bytes are valid UTF-8, else ``bytes``; ``partition``/``offset`` are
-    ``None`` where the backend has no such notion.
+    Header names and values are strings on every backend: a ``bytes`` value given
+    on send is decoded as UTF-8, any other non-string value is converted with
+    ``str``; see :func:`normalize_headers` for what is refused. A received
+    ``key`` is a ``str`` when its bytes are valid UTF-8, else ``bytes``;
+    ``partition``/``offset`` are ``None`` where the backend has no such notion.
     """
 
     __slots__ = ("destination", "headers", "key", "offset", "partition", "payload", "timestamp")
@@ -76,26 +87,72 @@ class Message(Generic[T]):
 
 
 def normalize_headers(headers: Mapping[str, Any]) -> dict[str, str]:
-    """Header values as strings: str as is, bytes as UTF-8, anything else via ``str``."""
+    """Header values as strings: str as is, bytes decoded as UTF-8, anything else via ``str``.
+
+    Raises :class:`ConversionError` naming the header for a name that is not a ``str``,
+    bytes that are not UTF-8, and a name or value that UTF-8 cannot encode (a lone
+    surrogate), since no backend could carry it.
+    """
     out: dict[str, str] = {}
     for name, value in headers.items():
-        if isinstance(value, str):
-            out[name] = value
-        elif isinstance(value, bytes | bytearray):
-            out[name] = bytes(value).decode("utf-8", "replace")
-        else:
-            out[name] = str(value)
+        if type(name) is not str or not name.isascii():
+            _check_name(name)
+        if type(value) is not str:
+            value = _header_text(name, value)
+        if not value.isascii():  # O(1) in CPython: the common case pays no encode
+            _check_text(value, f"header {_cut(name)}")
+        out[name] = value
     return out
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise ConversionError(f"header name {_cut(name)} must be a str, not {type(name).__name__}")
+    _check_text(name, f"header name {_cut(name)}")
+
+
+def _header_text(name: str, value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            raise ConversionError(
+                f"header {_cut(name)}: bytes value is not valid UTF-8 ({exc.reason} at "
+                f"position {exc.start}); send text, or encode the bytes (base64, hex)"
+            ) from None
+    return value if isinstance(value, str) else str(value)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ConversionError(
+            f"{what} cannot be encoded as UTF-8 ({exc.reason}: {text[exc.start]!r} at "
+            f"position {exc.start})"
+        ) from None
+
+
+def _cut(value: Any) -> str:
+    """A short repr for error texts, cut while it is built (never a huge repr first)."""
+    return _SHORT.repr(value)
+
+
 def key_bytes(key: Any) -> bytes | None:
-    """The wire form of a key: bytes as they are, str as UTF-8, anything else as JSON text."""
+    """The wire form of a key: bytes as they are, str as UTF-8, anything else as JSON text.
+
+    Raises :class:`ConversionError` for a str that UTF-8 cannot encode (a lone surrogate).
+    """
     if key is None:
         return None
     if isinstance(key, bytes):
         return key
     if isinstance(key, str):
-        return key.encode()
+        try:
+            return key.encode()
+        except UnicodeEncodeError:
+            _check_text(key, f"key {_cut(key)}")
+            raise
     if isinstance(key, bytearray | memoryview):
         return bytes(key)
     return json.dumps(key, separators=(",", ":"), default=str).encode()

@@ -6,10 +6,15 @@ The policy is per input binding, from its ``consumer`` options: up to
 between them. Retries happen in place, so a failing message holds back the
 messages behind it in its key lane: order is kept, at the price of latency.
 A :class:`~binder.errors.ConversionError` is never retried.
+
+A dead letter keeps the count of its failed attempts as ``x-original-delivery-attempt``
+(delivery sets ``x-delivery-attempt`` afresh for whoever consumes the letter) and the
+traceback of the cause as ``x-exception-stacktrace``.
 """
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +22,9 @@ from binder.errors import ConversionError, HandlerError
 from binder.message import (
     DELIVERY_ATTEMPT,
     EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
     EXCEPTION_TYPE,
+    ORIGINAL_DELIVERY_ATTEMPT,
     ORIGINAL_DESTINATION,
     ORIGINAL_GROUP,
     ORIGINAL_OFFSET,
@@ -28,6 +35,10 @@ from binder.spi import InboundRecord, OutboundRecord
 __all__ = ["RetryPolicy", "dead_letter_destination", "dead_letter_record"]
 
 MAX_HEADER_TEXT = 4096
+"""The longest ``x-exception-message`` (characters)."""
+MAX_STACKTRACE = 4096
+"""The longest ``x-exception-stacktrace`` (UTF-8 bytes): a longer one keeps its end, where
+the innermost frames and the exception itself are."""
 ANONYMOUS = "anonymous"
 
 
@@ -89,6 +100,12 @@ def dead_letter_record(
 ) -> OutboundRecord:
     """The original key, payload and headers, plus why and where it failed.
 
+    Adds ``x-exception-type``, ``x-exception-message``, ``x-exception-stacktrace`` (the
+    cause's formatted traceback, its last :data:`MAX_STACKTRACE` bytes), the
+    ``x-original-*`` headers, and the number of attempts made as both
+    ``x-original-delivery-attempt`` (which no delivery overwrites) and
+    ``x-delivery-attempt``.
+
     The letter asks for its original partition: the dead-letter output keeps it when its
     destination has that many partitions, else places it like any record (by key, else
     with its batch's keyless records); see :class:`binder.outputs.OutputBinding`.
@@ -96,11 +113,27 @@ def dead_letter_record(
     cause = _unwrap(exc)
     headers = dict(record.headers)
     headers[EXCEPTION_TYPE] = f"{type(cause).__module__}.{type(cause).__qualname__}"
-    headers[EXCEPTION_MESSAGE] = str(cause)[:MAX_HEADER_TEXT]
+    headers[EXCEPTION_MESSAGE] = _encodable(str(cause)[:MAX_HEADER_TEXT])
+    headers[EXCEPTION_STACKTRACE] = stacktrace(cause)
     headers[ORIGINAL_DESTINATION] = record.destination
     headers[ORIGINAL_GROUP] = group or ANONYMOUS
     headers[ORIGINAL_PARTITION] = str(record.partition)
     if record.offset is not None:
         headers[ORIGINAL_OFFSET] = str(record.offset)
-    headers[DELIVERY_ATTEMPT] = str(attempts)
+    headers[ORIGINAL_DELIVERY_ATTEMPT] = headers[DELIVERY_ATTEMPT] = str(attempts)
     return OutboundRecord(record.value, record.key, headers, record.partition)
+
+
+def stacktrace(exc: BaseException, limit: int = MAX_STACKTRACE) -> str:
+    """``exc``'s formatted traceback (its causes first, as Python prints them), cut to its
+    last ``limit`` UTF-8 bytes: the innermost frames and the exception line are kept."""
+    text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode()
+    return "…" + data[-(limit - 3) :].decode("utf-8", "ignore")  # "…" is 3 bytes
+
+
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) escaped, as a header needs."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()

@@ -173,10 +173,12 @@ def test_dead_letter_record_carries_original_and_failure_headers() -> None:
         "contentType": "application/json",
         "x-exception-type": f"{TransientError.__module__}.TransientError",
         "x-exception-message": "db down",
+        "x-exception-stacktrace": f"{TransientError.__module__}.TransientError: db down",
         "x-original-destination": "orders",
         "x-original-group": "billing",
         "x-original-partition": "2",
         "x-original-offset": "17",
+        "x-original-delivery-attempt": "3",
         "x-delivery-attempt": "3",
     }
     assert record.headers == {"source": "api", "contentType": "application/json"}

@@ -14,11 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from binder.converters import BOM
 from binder.message import (
     CONTENT_TYPE,
     DELIVERY_ATTEMPT,
     EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
     EXCEPTION_TYPE,
+    ORIGINAL_DELIVERY_ATTEMPT,
     ORIGINAL_DESTINATION,
     ORIGINAL_GROUP,
     ORIGINAL_OFFSET,
@@ -35,6 +38,7 @@ __all__ = [
     "test_non_retryable_exception_is_dead_lettered_at_once",
     "test_records_without_headers_are_read_with_the_binding_content_type",
     "test_retries_respect_attempts_and_backoff",
+    "test_spring_content_type_forms_are_understood",
     "test_undecodable_payload_is_dead_lettered_and_does_not_block",
 ]
 
@@ -143,6 +147,9 @@ def test_dead_letter_carries_the_original_and_why_it_failed(
     assert {name: letter.headers.get(name) for name in headers} == headers
     assert letter.headers[EXCEPTION_TYPE].endswith("RuntimeError")
     assert "cannot handle order 7" in letter.headers[EXCEPTION_MESSAGE]
+    assert letter.headers[ORIGINAL_DELIVERY_ATTEMPT] == "2", "the attempts that failed"
+    trace = letter.headers[EXCEPTION_STACKTRACE]
+    assert "in doomed" in trace and trace.endswith("RuntimeError: cannot handle order 7")
     _check_origin(conformance, letter.headers, dest, group, original.partition, original.offset)
 
 
@@ -303,6 +310,46 @@ def test_records_without_headers_are_read_with_the_binding_content_type(
     assert letter.value == b"not json"
     assert letter.headers[EXCEPTION_TYPE].endswith("ConversionError")
     assert CONTENT_TYPE not in letter.headers, "the original had none"
+
+
+SPRING_FORMS = [
+    (b'{"n": 1}', {CONTENT_TYPE: '"application/json"'}),  # Spring's header mapper: a JSON string
+    (b'{"n": 2}', {CONTENT_TYPE: "application/json;charset=UTF-8"}),
+    (b'{"n": 3}', {CONTENT_TYPE: '"application/json;charset=UTF-8"'}),
+    (b'{"n": 4}', {CONTENT_TYPE: ""}),  # empty: the binding's content type
+    (BOM + b'{"n": 5}', {CONTENT_TYPE: "application/json"}),
+    (BOM + b'{"n": 6}', {}),
+]
+
+
+def test_spring_content_type_forms_are_understood(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """Records as a Spring (or other) producer writes them reach the function decoded:
+    ``contentType`` quoted, with parameters, or empty; JSON after a UTF-8 byte-order mark.
+    One that failed to decode would be dead-lettered and never arrive (and a retry, with a
+    backoff no one waits for, would show as a timeout)."""
+    require(conformance.capabilities, "consumer_groups")
+
+    async def scenario() -> list[Any]:
+        await conformance.provision(dest, 1)
+        options = {"back-off-initial-interval": NEVER, "back-off-max-interval": NEVER}
+        app = conformance.app({"spring-in-0": _retrying(dest, group, options)})
+        handled: Inbox[Any] = Inbox()
+
+        @app.consumer
+        async def spring(order: dict[str, Any]) -> None:
+            handled.add(order)
+
+        async with app:
+            async with conformance.binder() as binder:
+                records = [OutboundRecord(v, b"one-key", h) for v, h in SPRING_FORMS]
+                await conformance.send_raw(binder, dest, records)
+            await handled.wait_count(len(SPRING_FORMS), "every Spring-form record")
+        return handled.items
+
+    handled = run(scenario())
+    assert handled == [{"n": n} for n in range(1, len(SPRING_FORMS) + 1)]
 
 
 def test_invalid_model_is_dead_lettered_without_retries(

@@ -211,8 +211,18 @@ class App:
         """Run until SIGINT or SIGTERM, then drain in-flight work, commit, and return.
 
         With ``binder.on-binding-failure: exit``, a binding that cannot go on stops the app
-        the same way, and ``run`` then exits with status 1 (``SystemExit(1)``)."""
-        failure = asyncio.run(self._run_until_signalled())
+        the same way, and ``run`` then exits with status 1 (``SystemExit(1)``).
+
+        When logging is not configured (the root logger has no handler), it is set up at
+        INFO to stderr, so a plain ``python shop.py`` says it runs and, last, ``stopped``."""
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            )
+        try:
+            failure = asyncio.run(self._run_until_signalled())
+        finally:
+            log.info("stopped")
         if failure is not None:
             raise SystemExit(1)
 
@@ -434,6 +444,7 @@ class App:
         path = f"binder.bindings.{name}"
         config = self._binding_config(name)
         options = config.consumer
+        options.warn_unknown_exceptions(f"{path}.consumer")
         self.converters.require(config.content_type, f"{path}.content-type")
         binder = await self._binder(config.binder, path)
         _check_consumer_capabilities(binder, config, path)

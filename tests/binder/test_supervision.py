@@ -141,12 +141,14 @@ class _RefusingCommits:
         return getattr(self._inner, name)
 
 
-class _CommitFaults:
-    def __init__(self, refusals: int) -> None:
-        self.refusals = refusals
+class _WrappedConsumers:
+    """Wraps a binder so that each consumer it makes is ``make(consumer)``; counts them."""
+
+    def __init__(self, make: Any) -> None:
+        self.make, self.opened = make, 0
 
     def wrap(self, binder: Binder) -> Binder:
-        faults = self
+        outer = self
 
         class Wrapped:
             name, capabilities = binder.name, binder.capabilities
@@ -155,8 +157,8 @@ class _CommitFaults:
                 return getattr(binder, attr)
 
             async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> Any:
-                inner = await binder.consumer(spec, listener)
-                return _RefusingCommits(inner, faults.refusals)
+                outer.opened += 1
+                return outer.make(await binder.consumer(spec, listener))
 
         return Wrapped()  # type: ignore[return-value]
 
@@ -164,7 +166,8 @@ class _CommitFaults:
 def test_a_refused_commit_is_retried(broker: str, caplog: pytest.LogCaptureFixture) -> None:
     dest = f"in-{uuid.uuid4().hex[:6]}"
     app = _wrapped(
-        _app(broker, {"sink-in-0": {"destination": dest, "group": "g"}}), _CommitFaults(2).wrap
+        _app(broker, {"sink-in-0": {"destination": dest, "group": "g"}}),
+        _WrappedConsumers(lambda inner: _RefusingCommits(inner, 2)).wrap,
     )
     inbox: Inbox[Any] = Inbox()
 
@@ -227,28 +230,6 @@ async def _state_after(binding: InputBinding, wanted: BindingState, timeout: flo
     return binding.state
 
 
-class _AlwaysFailing:
-    """Wraps a binder whose consumers fail on every fetch, as a backend that stays away."""
-
-    def __init__(self) -> None:
-        self.opened = 0
-
-    def wrap(self, binder: Binder) -> Binder:
-        outer = self
-
-        class Wrapped:
-            name, capabilities = binder.name, binder.capabilities
-
-            def __getattr__(self, attr: str) -> Any:
-                return getattr(binder, attr)
-
-            async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> Any:
-                outer.opened += 1
-                return _FetchFails(await binder.consumer(spec, listener))
-
-        return Wrapped()  # type: ignore[return-value]
-
-
 class _FetchFails:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -264,7 +245,7 @@ def test_a_binding_that_keeps_failing_restarts_with_a_growing_back_off(
     broker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     dest = f"in-{uuid.uuid4().hex[:6]}"
-    failing = _AlwaysFailing()
+    failing = _WrappedConsumers(_FetchFails)  # a backend that stays away
     app = _wrapped(_app(broker, {"sink-in-0": {"destination": dest, "group": "g"}}), failing.wrap)
 
     @app.consumer

@@ -16,12 +16,13 @@ from binder.errors import (
     ExpressionError,
     HandlerError,
 )
-from binder.message import Message
+from binder.message import TOMBSTONE, Message
 
 __version__ = "0.1.0"
 """The package's version; the installed distribution's metadata (``binder --version``) wins."""
 
 __all__ = [
+    "TOMBSTONE",
     "App",
     "BackendError",
     "BinderError",

@@ -474,7 +474,8 @@ class InputBinding(_Lifecycle):
             if stopping():
                 return done, outgoing, ends, None
             try:
-                value = payload(record) if record.headers else plain(record.value)
+                data = record.value
+                value = plain(data) if not record.headers and data is not None else payload(record)
                 result = await fn(value)
             except Exception as exc:
                 return done, outgoing, ends, invoker.failure(exc)

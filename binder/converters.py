@@ -15,6 +15,8 @@ byte-order mark before received JSON is skipped.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -226,10 +228,13 @@ class Target:
     through a pydantic ``TypeAdapter``. Failures are :class:`ConversionError`.
     """
 
-    __slots__ = ("adapt", "exact", "from_json", "type")
+    __slots__ = ("accepts_none", "adapt", "exact", "from_json", "type")
 
     def __init__(self, annotation: Any) -> None:
         self.type = annotation
+        self.accepts_none = _accepts_none(annotation)
+        """``None`` is a value of the type (``Optional[X]``, ``X | None``, ``Any``, none): a
+        received tombstone is given to it as ``None``."""
         self.from_json: Callable[[bytes], Any] | None = None
         self.exact: type | None = None
         """A builtin type whose instances pass unchanged (a cheap check on the hot path)."""
@@ -246,6 +251,16 @@ class Target:
             return _exact(annotation)
         adapter = TypeAdapter(annotation)
         return _guard(adapter.validate_python, annotation)
+
+
+def _accepts_none(annotation: Any) -> bool:
+    if annotation in (None, Any, object, type(None)):
+        return True
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _accepts_none(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts_none(arg) for arg in typing.get_args(annotation))
+    return False
 
 
 def _identity(value: Any) -> Any:

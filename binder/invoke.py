@@ -70,12 +70,27 @@ class Invoker:
     # -- decoding ---------------------------------------------------------------------------
 
     def payload(self, record: InboundRecord) -> Any:
-        """The record's payload, decoded by its content type and adapted to the parameter type."""
+        """The record's payload, decoded by its content type and adapted to the parameter type;
+        a tombstone (no value) is not decoded: see :meth:`tombstone`."""
+        data = record.value
+        if data is None:
+            return self.tombstone()
         content_type = record.headers.get(CONTENT_TYPE)
         decode = self._decoders.get(content_type)
         if decode is None:
             decode = self._decoder(content_type)
-        return decode(record.value)
+        return decode(data)
+
+    def tombstone(self) -> None:
+        """The payload of a tombstone: ``None`` for a ``Message`` parameter or one whose type
+        accepts ``None``; for any other, :class:`ConversionError` (dead-lettered)."""
+        if self._wants_message or self._target.accepts_none:
+            return None
+        raise ConversionError(
+            f"the record is a tombstone (no value), but the parameter of {self._first.name!r} "
+            f"({_type_name(self._target.type)}) does not accept None; annotate it "
+            "Optional[...] or Message[...] to receive tombstones"
+        )
 
     def decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
         """bytes → adapted payload for records with ``content_type`` (``None``: without
@@ -244,6 +259,10 @@ def _compose(decode: Callable[[bytes], Any], target: Target) -> Callable[[bytes]
         return value if type(value) is exact else adapt(value)
 
     return decode_exact
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or repr(annotation)
 
 
 def _received(payload: Any, record: InboundRecord, attempt: int) -> Message[Any]:

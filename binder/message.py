@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, final
 
 from binder.errors import ConversionError
 
@@ -20,6 +20,7 @@ __all__ = [
     "ORIGINAL_GROUP",
     "ORIGINAL_OFFSET",
     "ORIGINAL_PARTITION",
+    "TOMBSTONE",
     "Message",
     "decode_key",
     "key_bytes",
@@ -38,6 +39,45 @@ ORIGINAL_DESTINATION = "x-original-destination"
 ORIGINAL_GROUP = "x-original-group"
 ORIGINAL_PARTITION = "x-original-partition"
 ORIGINAL_OFFSET = "x-original-offset"
+
+
+@final
+class _Tombstone:
+    """The type of :data:`TOMBSTONE`: one instance, kept by copy and pickle."""
+
+    __slots__ = ()
+    _instance: _Tombstone | None = None
+
+    def __new__(cls) -> _Tombstone:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "TOMBSTONE"
+
+    def __reduce__(self) -> str:
+        return "TOMBSTONE"
+
+    def __copy__(self) -> _Tombstone:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _Tombstone:
+        return self
+
+
+TOMBSTONE = _Tombstone()
+"""A payload that sends a record without a value: a tombstone, which tells a compacted topic
+to forget its key (``await app.send("users", TOMBSTONE, key="u-1")``, or returned by a
+function, alone or as ``Message(TOMBSTONE, key=...)``). Only a binder declaring
+``Capabilities.tombstones`` sends one; any other refuses it with a
+:class:`~binder.errors.CapabilityError` naming the binder. ``None`` is not a tombstone:
+returned, it sends nothing; given to ``app.send``, it is encoded (JSON ``null``).
+
+A received tombstone is delivered without decoding: as ``None`` to a parameter that accepts
+it (``Optional[X]``, ``X | None``, ``Any``, none, or ``Message[...]`` with payload ``None``);
+to any other parameter it is a :class:`~binder.errors.ConversionError`, dead-lettered (with
+no value, where the binder has tombstones) like any undecodable record."""
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 80

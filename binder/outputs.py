@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from binder.converters import ConverterRegistry
-from binder.errors import ClosedError
-from binder.message import CONTENT_TYPE, decode_key, key_bytes, normalize_headers
+from binder.errors import ClosedError, ConversionError
+from binder.message import CONTENT_TYPE, TOMBSTONE, decode_key, key_bytes, normalize_headers
 from binder.partitioning import KeyExpression, partition_key, select_partition
 from binder.spi import Binder, OutboundRecord, Producer, ProducerSpec
 
@@ -111,7 +111,10 @@ class OutputBinding:
     def record(
         self, payload: Any, key: Any = None, headers: dict[str, str] | None = None
     ) -> OutboundRecord:
-        """Encode one message. Raises ConversionError for an unencodable payload or bad key."""
+        """Encode one message. Raises ConversionError for an unencodable payload or bad key,
+        and for a :data:`~binder.message.TOMBSTONE` to a binder without tombstones."""
+        if payload is TOMBSTONE:
+            return self._tombstone(key, headers)
         if headers and CONTENT_TYPE in headers:
             headers = dict(headers)
             value = self._converters.encode(payload, headers[CONTENT_TYPE])
@@ -127,6 +130,21 @@ class OutputBinding:
         if self._partitioned:
             partition = self._partition(payload, headers, key, raw_key)
         return OutboundRecord(value, raw_key, headers, partition)
+
+    def _tombstone(self, key: Any, headers: dict[str, str] | None) -> OutboundRecord:
+        """A record without a value (no ``contentType`` is added: there is no content); a key
+        expression sees the payload ``None``."""
+        if not self.binder.capabilities.tombstones:
+            raise ConversionError(
+                f"binder {self.binder.name!r} cannot send a tombstone (to {self.destination!r}): "
+                "it does not declare the capability 'tombstones'"
+            )
+        headers = dict(headers) if headers else {}
+        raw_key = key if type(key) is bytes else key_bytes(key)
+        partition = self._sticky
+        if self._partitioned:
+            partition = self._partition(None, headers, key, raw_key)
+        return OutboundRecord(None, raw_key, headers, partition)
 
     def records(self, outputs: Iterable[tuple[Any, Any, dict[str, str]]]) -> list[OutboundRecord]:
         """Encode a function's outputs."""

@@ -76,6 +76,10 @@ class Capabilities:
     """Sends and acknowledgements can be made atomic."""
     max_payload_bytes: int | None = None
     """Largest payload the backend accepts by default; ``None`` when not limited."""
+    tombstones: bool = False
+    """Records without a value (Kafka's tombstones, which compacted topics need) can be sent
+    and are received as such: ``value`` ``None`` in :class:`OutboundRecord` and
+    :class:`InboundRecord`. The core sends none to a binder without it."""
 
     def table_row(self) -> dict[str, bool | int | None]:
         """Capability name → value, in declaration order (for the README table)."""
@@ -92,9 +96,13 @@ class OutboundRecord:
     within the partition count :meth:`Binder.provision` returned; a binder writes it as
     given and never places a record itself. A record built by hand (tools, tests)
     without one goes to partition 0.
+
+    ``value`` ``None`` is a tombstone (a record without a value, sent for
+    :data:`binder.TOMBSTONE`); only a binder declaring :attr:`Capabilities.tombstones`
+    is given one, and it writes it as the backend's null value, never as empty bytes.
     """
 
-    value: bytes
+    value: bytes | None
     key: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     partition: int = 0
@@ -106,12 +114,14 @@ class InboundRecord:
 
     ``offset`` is the backend's position in the partition (``None`` where it has
     none); ``token`` is whatever the binder needs to acknowledge the record.
+    ``value`` ``None`` is a tombstone (the backend's null value), handed over only by a
+    binder declaring :attr:`Capabilities.tombstones`; an empty value is ``b""``.
     """
 
     destination: str
     partition: int
     offset: int | None
-    value: bytes
+    value: bytes | None
     key: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timestamp: float | None = None

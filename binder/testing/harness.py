@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from binder import plugins
 from binder.converters import ConverterRegistry
 from binder.errors import ConfigError, ConversionError
-from binder.message import CONTENT_TYPE, Message, decode_key
+from binder.message import CONTENT_TYPE, TOMBSTONE, Message, decode_key
 from binder.spi import Binder, OutboundRecord
 
 if TYPE_CHECKING:
@@ -60,11 +60,14 @@ class Recorder:
             event.set()
 
     def _decode(self, destination: str, record: OutboundRecord) -> Message[Any]:
+        """The message as sent: a tombstone's payload is :data:`~binder.message.TOMBSTONE`."""
         content_type = record.headers.get(CONTENT_TYPE, "application/octet-stream")
-        try:
-            payload = self._converters.get(content_type).decode(record.value)
-        except ConversionError:
-            payload = record.value
+        payload: Any = TOMBSTONE
+        if record.value is not None:
+            try:
+                payload = self._converters.get(content_type).decode(record.value)
+            except ConversionError:
+                payload = record.value
         message: Message[Any] = Message(
             payload,
             key=decode_key(record.key),

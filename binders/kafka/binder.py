@@ -42,6 +42,7 @@ CAPABILITIES = Capabilities(
     anonymous_consumers=True,
     offsets=True,
     max_payload_bytes=1_000_000,
+    tombstones=True,
 )
 """``max_payload_bytes``: a broker's default ``message.max.bytes`` (1 MiB + 12) bounds a
 record batch, so payload, key, headers and framing together stay under 1 MiB."""

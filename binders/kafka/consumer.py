@@ -149,7 +149,7 @@ class KafkaConsumer(ConsumerRebalanceListener):
                         topic,
                         partition,
                         r.offset,
-                        r.value or b"",
+                        r.value,  # None: a tombstone, passed on as such
                         r.key,
                         _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
                         r.timestamp / 1000,

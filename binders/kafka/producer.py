@@ -105,7 +105,7 @@ class SendQueue:
         for r in records:
             partition = r.partition
             headers = _headers(r.headers) if r.headers else None
-            if len(r.value) > self._large:
+            if r.value is not None and len(r.value) > self._large:
                 self._check_size(r, headers)
             batch = batches.get(partition)
             if batch is None:

@@ -41,11 +41,14 @@ CAPABILITIES = Capabilities(
     redelivery_on_failure=True,
     anonymous_consumers=True,
     offsets=True,
+    tombstones=True,
 )
-"""The log in memory (no ``path``)."""
+"""The log in memory (no ``path``): it keeps a tombstone's ``None`` value as it is."""
 
-DURABLE_CAPABILITIES = dataclasses.replace(CAPABILITIES, persistence=True)
-"""The log with a ``path``: the same, and messages survive a restart."""
+DURABLE_CAPABILITIES = dataclasses.replace(CAPABILITIES, persistence=True, tombstones=False)
+"""The log with a ``path``: the same, and messages survive a restart; no tombstones (the
+segment format has no "no value", so the core refuses to send one rather than write it
+as empty bytes)."""
 
 
 def capabilities_for(options: LogOptions) -> Capabilities:
@@ -133,7 +136,9 @@ class LogBinder:
         self.name = name
         self.options = options
         if options.path is not None:  # a path adds persistence to what the class declares
-            self.capabilities = dataclasses.replace(type(self).capabilities, persistence=True)
+            self.capabilities = dataclasses.replace(
+                type(self).capabilities, persistence=True, tombstones=False
+            )
         self._broker: Broker | None = None
         self._durable = False
         self._closed = False

@@ -30,7 +30,7 @@ from binder.message import (
     ORIGINAL_OFFSET,
     ORIGINAL_PARTITION,
 )
-from binder.spi import InboundRecord, OutboundRecord
+from binder.spi import InboundRecord, OutboundRecord, RawHeaders
 
 __all__ = ["RetryPolicy", "dead_letter_destination", "dead_letter_record"]
 
@@ -106,22 +106,38 @@ def dead_letter_record(
     ``x-original-delivery-attempt`` (which no delivery overwrites) and
     ``x-delivery-attempt``.
 
+    Where the original carried :attr:`~binder.spi.InboundRecord.raw_headers` (Kafka),
+    the letter's ``raw_headers`` are those, in order and byte-exact (names repeated, null
+    values, bytes that are not UTF-8), less any the letter sets, followed by the letter's
+    own headers; a binder that can write them writes those instead of ``headers``.
+
     The letter asks for its original partition: the dead-letter output keeps it when its
     destination has that many partitions, else places it like any record (by key, else
     with its batch's keyless records); see :class:`binder.outputs.OutputBinding`.
     """
     cause = _unwrap(exc)
-    headers = dict(record.headers)
-    headers[EXCEPTION_TYPE] = f"{type(cause).__module__}.{type(cause).__qualname__}"
-    headers[EXCEPTION_MESSAGE] = _encodable(str(cause)[:MAX_HEADER_TEXT])
-    headers[EXCEPTION_STACKTRACE] = stacktrace(cause)
-    headers[ORIGINAL_DESTINATION] = record.destination
-    headers[ORIGINAL_GROUP] = group or ANONYMOUS
-    headers[ORIGINAL_PARTITION] = str(record.partition)
+    own = {
+        EXCEPTION_TYPE: f"{type(cause).__module__}.{type(cause).__qualname__}",
+        EXCEPTION_MESSAGE: _encodable(str(cause)[:MAX_HEADER_TEXT]),
+        EXCEPTION_STACKTRACE: stacktrace(cause),
+        ORIGINAL_DESTINATION: record.destination,
+        ORIGINAL_GROUP: group or ANONYMOUS,
+        ORIGINAL_PARTITION: str(record.partition),
+    }
     if record.offset is not None:
-        headers[ORIGINAL_OFFSET] = str(record.offset)
-    headers[ORIGINAL_DELIVERY_ATTEMPT] = headers[DELIVERY_ATTEMPT] = str(attempts)
-    return OutboundRecord(record.value, record.key, headers, record.partition)
+        own[ORIGINAL_OFFSET] = str(record.offset)
+    own[ORIGINAL_DELIVERY_ATTEMPT] = own[DELIVERY_ATTEMPT] = str(attempts)
+    headers = {**record.headers, **own}
+    raw = _raw_headers(record.raw_headers, own) if record.raw_headers else None
+    return OutboundRecord(record.value, record.key, headers, record.partition, raw)
+
+
+def _raw_headers(original: RawHeaders, own: dict[str, str]) -> list[tuple[str, bytes | None]]:
+    """The original's headers exactly as they came, less those named in ``own``, then
+    ``own`` in UTF-8."""
+    kept = [(name, value) for name, value in original if name not in own]
+    kept.extend((name, value.encode()) for name, value in own.items())
+    return kept
 
 
 def stacktrace(exc: BaseException, limit: int = MAX_STACKTRACE) -> str:

@@ -36,10 +36,14 @@ __all__ = [
     "OutboundRecord",
     "Producer",
     "ProducerSpec",
+    "RawHeaders",
     "RebalanceListener",
     "hookimpl",
     "hookspec",
 ]
+
+RawHeaders = Sequence[tuple[str, bytes | None]]
+"""A backend's header list: ``(name, value)`` pairs in order, names may repeat."""
 
 PROJECT = "binder"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -100,12 +104,19 @@ class OutboundRecord:
     ``value`` ``None`` is a tombstone (a record without a value, sent for
     :data:`binder.TOMBSTONE`); only a binder declaring :attr:`Capabilities.tombstones`
     is given one, and it writes it as the backend's null value, never as empty bytes.
+
+    ``raw_headers``, when not ``None``, are the headers to write instead of ``headers``,
+    exactly as given (names repeated, values ``None``, any bytes): the core sets them on a
+    dead letter whose original carried :attr:`InboundRecord.raw_headers`. A binder whose
+    backend can write such a list writes it; any other writes ``headers``, which always
+    hold the same record's headers as strings.
     """
 
     value: bytes | None
     key: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     partition: int = 0
+    raw_headers: RawHeaders | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +127,12 @@ class InboundRecord:
     none); ``token`` is whatever the binder needs to acknowledge the record.
     ``value`` ``None`` is a tombstone (the backend's null value), handed over only by a
     binder declaring :attr:`Capabilities.tombstones`; an empty value is ``b""``.
+
+    ``headers`` are strings. A binder whose backend has headers that a ``str`` → ``str``
+    dict cannot hold exactly (Kafka: a name repeated, a null value, bytes that are not
+    UTF-8) also sets ``raw_headers`` to the backend's own list, in order and byte-exact,
+    so that a dead letter can carry them unchanged; it may leave it ``None`` (or empty)
+    for a record without headers. Nothing else reads it.
     """
 
     destination: str
@@ -126,6 +143,7 @@ class InboundRecord:
     headers: dict[str, str] = field(default_factory=dict)
     timestamp: float | None = None
     token: Any = None
+    raw_headers: RawHeaders | None = None
 
 
 @dataclass(frozen=True)

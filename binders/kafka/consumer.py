@@ -153,6 +153,8 @@ class KafkaConsumer(ConsumerRebalanceListener):
                         r.key,
                         _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
                         r.timestamp / 1000,
+                        None,
+                        r.headers,  # as they came, for a dead letter: the client's own tuple
                     )
                 )
         return records

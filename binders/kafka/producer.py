@@ -104,7 +104,10 @@ class SendQueue:
         batches: dict[int, Any] = {}
         for r in records:
             partition = r.partition
-            headers = _headers(r.headers) if r.headers else None
+            if r.raw_headers is not None:  # a dead letter's, exactly as its original came
+                headers = list(r.raw_headers)
+            else:
+                headers = _headers(r.headers) if r.headers else None
             if r.value is not None and len(r.value) > self._large:
                 self._check_size(r, headers)
             batch = batches.get(partition)

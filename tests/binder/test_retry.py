@@ -201,3 +201,27 @@ def test_dead_letter_replaces_a_previous_attempt_header() -> None:
     record.headers["x-delivery-attempt"] = "1"
     letter = dead_letter_record(record, ValueError(), "g", 4)
     assert letter.headers["x-delivery-attempt"] == "4"
+
+
+def test_dead_letter_without_raw_headers_has_none() -> None:
+    assert dead_letter_record(_inbound(), ValueError(), "g", 1).raw_headers is None
+
+
+def test_dead_letter_keeps_the_raw_headers_exactly_then_its_own() -> None:
+    record = _inbound()
+    record.raw_headers = (
+        ("h", b"1"),
+        ("x-delivery-attempt", b"1"),
+        ("h", b"2"),
+        ("empty", None),
+        ("bin", b"\xff\xfe"),
+    )
+    letter = dead_letter_record(record, ValueError("no"), "g", 4)
+    assert letter.raw_headers is not None
+    kept, own = letter.raw_headers[:4], dict(letter.raw_headers[4:])
+    assert kept == [("h", b"1"), ("h", b"2"), ("empty", None), ("bin", b"\xff\xfe")]
+    assert own == {
+        name: value.encode() for name, value in letter.headers.items() if name.startswith("x-")
+    }
+    assert own["x-delivery-attempt"] == b"4", "the letter's own replaces the original's"
+    assert len(letter.raw_headers) == 4 + len(own)

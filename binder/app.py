@@ -407,15 +407,12 @@ class App:
         counts = [
             b.producer.partition_count
             for b in self.config.bindings.values()
-            if b.destination == destination
-            and self._binder_name(b.binder) == binder.name
+            if b.destination == destination  # bindings come resolved: binder is set
+            and b.binder == binder.name
             and b.producer.partition_count > 1
         ]
         if counts:
             await binder.provision(destination, max(counts))
-
-    def _binder_name(self, name: str | None) -> str:
-        return name or self.config.default_binder or ""
 
     async def _output(self, name: str, config: BindingConfig) -> OutputBinding:
         path = f"binder.bindings.{name}"

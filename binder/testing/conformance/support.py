@@ -234,15 +234,17 @@ class Conformance:
         *,
         definition: str | None = None,
         wrap: Callable[[Binder], Binder] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> App:
         """An App on the binder under test; register functions on it, then ``async with``.
 
-        ``wrap`` wraps the binder the app makes (to inject faults at the SPI boundary)."""
+        ``wrap`` wraps the binder the app makes (to inject faults at the SPI boundary);
+        ``options`` are binder options added to the configured ones for this app."""
         bindings = {name: dict(binding) for name, binding in (bindings or {}).items()}
         for binding in bindings.values():
             self._declare_binding(binding)
         section: dict[str, Any] = {
-            "binders": {BINDER_NAME: dict(self.binder_config)},
+            "binders": {BINDER_NAME: {**self.binder_config, **(options or {})}},
             "default-binder": BINDER_NAME,
             "bindings": bindings,
         }

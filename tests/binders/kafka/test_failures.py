@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from binder import App, BindingState, Message
+from binder import BindingState, Message
 from binder.message import EXCEPTION_MESSAGE, EXCEPTION_TYPE
 from binder.spi import OutboundRecord
 from binder.testing.conformance.support import Conformance, Inbox, run
 from binders.kafka.binder import KafkaBinder
-
-
-def _app(kafka: Conformance, bindings: dict[str, Any], **options: Any) -> App:
-    for binding in bindings.values():
-        kafka._declare_binding(binding)
-    section = {
-        "binders": {"kafka": {**kafka.binder_config, **options}},
-        "bindings": bindings,
-    }
-    return App(config={"binder": section}, environ={})
 
 
 def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_commits(
@@ -28,8 +18,7 @@ def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_commits
     the dead letters naming the error, the ones after it are handled and committed."""
     out = kafka.declare(f"{topic}-out", f"{group}-out")
     dlq = kafka.dead_letters(topic, group)
-    app = _app(
-        kafka,
+    app = kafka.app(
         {
             "grow-in-0": {
                 "destination": topic,
@@ -40,7 +29,7 @@ def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_commits
             "collect-in-0": {"destination": out, "group": f"{group}-out"},
             "inspect-in-0": {"destination": dlq, "group": f"{group}-dlq"},
         },
-        **{"max-request-size": 4096},
+        options={"max-request-size": 4096},
     )
     collected: Inbox[Any] = Inbox()
     letters: Inbox[Message[Any]] = Inbox()
@@ -100,8 +89,8 @@ def test_the_producer_app_provisions_at_start_before_a_consumer_app_starts(
     kafka: Conformance, topic: str, group: str
 ) -> None:
     bindings = _shared_file(kafka, topic, group)
-    producer = _app(kafka, bindings)  # registers no function: sink-in-0 is another process's
-    consumer = _app(kafka, bindings)
+    producer = kafka.app(bindings)  # registers no function: sink-in-0 is another process's
+    consumer = kafka.app(bindings)
     inbox: Inbox[Any] = Inbox()
 
     @consumer.consumer
@@ -126,8 +115,8 @@ def test_a_consumer_app_started_first_creates_the_topic_as_the_producer_binding_
     kafka: Conformance, topic: str, group: str
 ) -> None:
     bindings = _shared_file(kafka, topic, group)
-    consumer = _app(kafka, bindings, **{"default-partition-count": 1})
-    producer = _app(kafka, bindings)
+    consumer = kafka.app(bindings, options={"default-partition-count": 1})
+    producer = kafka.app(bindings)
     inbox: Inbox[Any] = Inbox()
 
     @consumer.consumer

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from binder import TOMBSTONE, App, Message
+from binder import TOMBSTONE, Message
 from binder.testing.conformance.support import Conformance, Inbox, run
 
 ORIGINAL = [("h", b"1"), ("h", b"2"), ("null", None), ("bin", b"\xff\xfe\x00"), ("e", b"")]
@@ -46,18 +46,10 @@ def _consume(servers: str, topic: str, count: int, timeout: float = 20) -> list[
     return seen
 
 
-def _app(kafka: Conformance, bindings: dict[str, Any]) -> App:
-    for binding in bindings.values():
-        kafka._declare_binding(binding)
-    section = {"binders": {"kafka": kafka.binder_config}, "bindings": bindings}
-    return App(config={"binder": section}, environ={})
-
-
 def test_a_dead_letter_keeps_librdkafka_headers_exactly(
     kafka: Conformance, kafka_bootstrap_servers: str, topic: str, group: str
 ) -> None:
-    app = _app(
-        kafka,
+    app = kafka.app(
         {"fail-in-0": {"destination": topic, "group": group, "consumer": {"max-attempts": 1}}},
     )
     tried: Inbox[bytes] = Inbox()
@@ -89,7 +81,7 @@ def test_tombstones_cross_between_librdkafka_and_the_binder(
     kafka: Conformance, kafka_bootstrap_servers: str, topic: str, group: str
 ) -> None:
     out = kafka.declare(f"{topic}-out")
-    app = _app(kafka, {"users-in-0": {"destination": topic, "group": group}})
+    app = kafka.app({"users-in-0": {"destination": topic, "group": group}})
     seen: Inbox[tuple[Any, Any]] = Inbox()
 
     @app.consumer
@@ -114,7 +106,7 @@ def test_tombstones_cross_between_librdkafka_and_the_binder(
 def test_spring_content_types_and_a_bom_from_librdkafka_are_read_as_json(
     kafka: Conformance, kafka_bootstrap_servers: str, topic: str, group: str
 ) -> None:
-    app = _app(kafka, {"orders-in-0": {"destination": topic, "group": group}})
+    app = kafka.app({"orders-in-0": {"destination": topic, "group": group}})
     seen: Inbox[dict[str, Any]] = Inbox()
 
     @app.consumer

@@ -17,6 +17,12 @@ def main() -> None:
         default=100_000,
         help="messages per Kafka run (bench_kafka, on a Tansu it starts; 0 skips it)",
     )
+    parser.add_argument(
+        "--redis-n",
+        type=int,
+        default=100_000,
+        help="messages per Redis run (bench_redis, on $REDIS_URL else 127.0.0.1:6379; 0 skips it)",
+    )
     args = parser.parse_args()
     bench_core.main(args.n)
     if args.log:
@@ -27,6 +33,10 @@ def main() -> None:
         from benchmarks import bench_kafka
 
         bench_kafka.main(args.kafka_n)
+    if args.redis_n:
+        from benchmarks import bench_redis
+
+        bench_redis.main(args.redis_n)
 
 
 if __name__ == "__main__":

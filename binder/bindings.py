@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from binder.errors import BackendError, ConversionError
+from binder.errors import BackendError, ConversionError, DeliveryLimitExceeded
 from binder.invoke import Invoker
 from binder.ordering import AckTracker, lane_of
 from binder.outputs import OutputBinding
@@ -428,6 +428,7 @@ class InputBinding(_Lifecycle):
 
     def _attempt_sync(self, records: Sequence[InboundRecord]) -> _Attempt:
         run, stopping = self.invoker.run, self._stopping_check()
+        limit = self.policy.max_attempts
         outgoing: list[OutboundRecord] = []
         ends: list[int] = []
         make = self.output.record if self.output is not None else None
@@ -435,7 +436,10 @@ class InputBinding(_Lifecycle):
             if stopping():  # finish the message in hand, start no new one
                 return done, outgoing, ends, None
             try:
-                outputs = run(record, 1)
+                attempt = record.deliveries
+                if attempt != 1 and attempt > limit:
+                    raise self._over_limit(record)
+                outputs = run(record, attempt)
                 if outputs and make is not None:
                     outgoing.extend([make(*output) for output in outputs])
             except Exception as exc:
@@ -446,7 +450,12 @@ class InputBinding(_Lifecycle):
     async def _attempt_async(self, records: Sequence[InboundRecord]) -> _Attempt:
         if self.invoker.direct is not None:
             return await self._attempt_direct(records)
+        return await self._attempt_each(records)
+
+    async def _attempt_each(self, records: Sequence[InboundRecord]) -> _Attempt:
+        """Each record through the invoker, its attempt numbered by its delivery count."""
         run, encode = self.invoker.run_async, self._encode
+        limit = self.policy.max_attempts
         outgoing: list[OutboundRecord] = []
         ends: list[int] = []
         stopping = self._stopping_check()
@@ -454,7 +463,11 @@ class InputBinding(_Lifecycle):
             if stopping():
                 return done, outgoing, ends, None
             try:
-                outgoing.extend(encode(await run(record, 1)))
+                attempt = record.deliveries
+                if attempt != 1 and attempt > limit:
+                    raise self._over_limit(record)
+                outputs = await run(record, attempt)
+                outgoing.extend(encode(outputs))
             except Exception as exc:
                 return done, outgoing, ends, exc
             ends.append(len(outgoing))
@@ -473,6 +486,12 @@ class InputBinding(_Lifecycle):
         for done, record in enumerate(records):
             if stopping():
                 return done, outgoing, ends, None
+            if record.deliveries != 1:  # delivered before: numbered attempts from here on
+                base = len(outgoing)
+                more, tail, tail_ends, failure = await self._attempt_each(records[done:])
+                outgoing.extend(tail)
+                ends.extend(base + end for end in tail_ends)
+                return done + more, outgoing, ends, failure
             try:
                 data = record.value
                 value = plain(data) if not record.headers and data is not None else payload(record)
@@ -503,12 +522,20 @@ class InputBinding(_Lifecycle):
             await self.output.send_records(outgoing)
 
     async def _process_batch(self, records: Sequence[InboundRecord]) -> None:
-        try:
-            outgoing = await self._run_batch(records, 1)
-            await self._send(outgoing)
-        except Exception as exc:
-            await self._recover(records, exc)
-            return
+        """One batch call; records the backend delivered more than ``max-attempts`` times are
+        dead-lettered first and left out of it. All are committed together at the end."""
+        limit = self.policy.max_attempts
+        batch = records
+        if any(r.deliveries > limit for r in records):
+            over = [r for r in records if r.deliveries > limit]
+            await self._give_up(over, self._over_limit(over[0]), over[0].deliveries - 1)
+            batch = [r for r in records if r.deliveries <= limit]
+        if batch:
+            try:
+                outgoing = await self._run_batch(batch, max(r.deliveries for r in batch))
+                await self._send(outgoing)
+            except Exception as exc:
+                await self._recover(batch, exc, complete=False)
         await self._complete(records)
 
     async def _run_batch(
@@ -531,10 +558,18 @@ class InputBinding(_Lifecycle):
 
     # -- failures ---------------------------------------------------------------------------
 
-    async def _recover(self, records: Sequence[InboundRecord], exc: BaseException) -> None:
+    async def _recover(
+        self, records: Sequence[InboundRecord], exc: BaseException, *, complete: bool = True
+    ) -> None:
         """Retry (the function and the send of its outputs) with back-off; then dead-letter
-        (or drop, logged), and commit. Stopping leaves it uncommitted, to be redelivered."""
-        attempt = 1
+        (or drop, logged), and commit (unless ``complete`` is false: the caller commits).
+        Stopping leaves it uncommitted, to be redelivered.
+
+        The failed attempt was the records' delivery count (1 unless the backend delivered
+        them before); over the limit, none was made."""
+        attempt = max(r.deliveries for r in records)
+        if isinstance(exc, DeliveryLimitExceeded):
+            attempt -= 1  # the attempts that failed: this delivery's was not made
         while self.policy.should_retry(exc, attempt):
             delay = self.policy.delay(attempt)
             self._log_retry(records, exc, attempt, delay)
@@ -546,10 +581,19 @@ class InputBinding(_Lifecycle):
             except Exception as again:
                 exc = again
                 continue
-            await self._complete(records)
+            if complete:
+                await self._complete(records)
             return
         await self._give_up(records, exc, attempt)
-        await self._complete(records)
+        if complete:
+            await self._complete(records)
+
+    def _over_limit(self, record: InboundRecord) -> DeliveryLimitExceeded:
+        return DeliveryLimitExceeded(
+            f"delivered {record.deliveries} times, more than max-attempts "
+            f"({self.policy.max_attempts}): its consumer stopped without acknowledging it "
+            f"{record.deliveries - 1} times (a message that kills its consumer?)"
+        )
 
     def _log_retry(
         self, records: Sequence[InboundRecord], exc: BaseException, attempt: int, delay: float

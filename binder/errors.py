@@ -9,6 +9,7 @@
     ├── BackendError                 the backend failed (connection, refusal, timeout)
     │   └── ClosedError              the binder, producer or consumer is already closed
     ├── ConversionError (ValueError) a payload that cannot be decoded or encoded
+    ├── DeliveryLimitExceeded        the backend delivered a message more than max-attempts times
     └── HandlerError                 a user function failed (wraps the original exception)
 
 A :class:`ConfigError` names the key path and the offending value; a
@@ -26,6 +27,7 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "ConversionError",
+    "DeliveryLimitExceeded",
     "ExpressionError",
     "HandlerError",
 ]
@@ -70,6 +72,16 @@ class ConversionError(BinderError, ValueError):
 
     Never retried: the same bytes fail the same way every time, so the message
     goes straight to the dead-letter destination.
+    """
+
+
+class DeliveryLimitExceeded(BinderError):
+    """The backend has delivered a message more than ``max-attempts`` times (its consumer
+    died or lost it each time, as with a poison message that kills its process).
+
+    Raised by the core instead of calling the function once more: the message is
+    dead-lettered (or dropped without a dead-letter destination), never retried, so it
+    cannot kill one consumer after another.
     """
 
 

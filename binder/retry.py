@@ -5,7 +5,10 @@ The policy is per input binding, from its ``consumer`` options: up to
 ``back-off-multiplier`` ^ (attempt - 1), capped at ``back-off-max-interval``,
 between them. Retries happen in place, so a failing message holds back the
 messages behind it in its key lane: order is kept, at the price of latency.
-A :class:`~binder.errors.ConversionError` is never retried.
+A :class:`~binder.errors.ConversionError` is never retried. A message the backend
+delivered before (``InboundRecord.deliveries`` > 1: its consumer died with it) starts at
+that attempt, and one delivered more than ``max-attempts`` times is dead-lettered with
+:class:`~binder.errors.DeliveryLimitExceeded` without calling the function.
 
 A dead letter keeps the count of its failed attempts as ``x-original-delivery-attempt``
 (delivery sets ``x-delivery-attempt`` afresh for whoever consumes the letter) and the
@@ -18,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from binder.errors import ConversionError, HandlerError
+from binder.errors import ConversionError, DeliveryLimitExceeded, HandlerError
 from binder.message import (
     DELIVERY_ATTEMPT,
     EXCEPTION_MESSAGE,
@@ -71,7 +74,7 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether attempt ``attempt`` failing with ``exc`` earns another attempt."""
-        if attempt >= self.max_attempts or isinstance(exc, ConversionError):
+        if attempt >= self.max_attempts or isinstance(exc, ConversionError | DeliveryLimitExceeded):
             return False
         return self.is_retryable(exc)
 

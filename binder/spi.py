@@ -133,6 +133,15 @@ class InboundRecord:
     UTF-8) also sets ``raw_headers`` to the backend's own list, in order and byte-exact,
     so that a dead letter can carry them unchanged; it may leave it ``None`` (or empty)
     for a record without headers. Nothing else reads it.
+
+    ``deliveries`` is how many times the backend has delivered the record to the group,
+    this delivery included, where the backend counts them (Redis: the pending entry's
+    delivery count; RabbitMQ: a quorum queue's delivery count, or 2 for a redelivered
+    message); 1 otherwise. The core numbers this delivery's first attempt so
+    (``x-delivery-attempt``), retries in place from there up to ``max-attempts``, and
+    dead-letters a record delivered more than ``max-attempts`` times without calling its
+    function (:class:`~binder.errors.DeliveryLimitExceeded`): a message that kills its
+    consumer every time cannot loop.
     """
 
     destination: str
@@ -144,6 +153,7 @@ class InboundRecord:
     timestamp: float | None = None
     token: Any = None
     raw_headers: RawHeaders | None = None
+    deliveries: int = 1
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,13 @@ class RedisBinder:
 
         count = await self._ensure_count(spec.destination, spec.partition_count)
         if self._sends is None:
-            self._sends = SendQueue(self.client, self.server, self.options.max_length)
+            self._sends = SendQueue(
+                self.client,
+                self.server,
+                self.options.max_length,
+                timeout=self.options.socket_timeout,
+                cluster=self.options.cluster,
+            )
         streams = self.keys.streams(spec.destination, count)
         return RedisProducer(self._sends, spec.destination, streams)
 

@@ -90,8 +90,8 @@ class RedisConsumer:
         self._revoking: set[int] = set()
         self._positions: dict[bytes, bytes] = {}  # anonymous: last id read per stream
         self._recovery: deque[tuple[int, bytes, bool]] = deque()  # partition, id, at once
-        self._queued: set[bytes] = set()
-        self._awaiting: bytes | None = None  # a recovered entry handed out, not yet acked
+        self._queued: set[tuple[int, bytes]] = set()  # partition streams share entry ids
+        self._awaiting: tuple[int, bytes] | None = None  # a recovered entry handed out, not acked
         self._held: list[InboundRecord] = []  # read while paused or before a recovery
         self._paused = False
         self._closed = False
@@ -99,6 +99,9 @@ class RedisConsumer:
         self._reading: set[int] | None = None  # the partitions of the read in progress
         self._read_done = asyncio.Event()
         self._failure: BackendError | None = None
+        self._acks: dict[int, list[bytes]] = {}  # noted by commit, not yet acknowledged
+        self._acking: asyncio.Task[None] | None = None
+        self._ack_error: BackendError | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._min_idle_ms = int(options.min_idle * 1000)
         self._lease_key = {
@@ -308,9 +311,9 @@ class RedisConsumer:
             for entry in listed:
                 entry_id = entry["message_id"]
                 consumer = _text(entry["consumer"])
-                if entry_id in self._queued or (idle_ms and consumer == self.name):
+                if (partition, entry_id) in self._queued or (idle_ms and consumer == self.name):
                     continue  # own entries idle that long may be in hand: not taken twice
-                self._queued.add(entry_id)
+                self._queued.add((partition, entry_id))
                 self._recovery.append((partition, entry_id, everyone or consumer == self.name))
             if len(listed) < _SCAN:
                 return
@@ -319,7 +322,7 @@ class RedisConsumer:
     async def _recover_next(self) -> InboundRecord | None:
         """Claim the next queued entry (counting the delivery) and hand it out alone."""
         partition, entry_id, at_once = self._recovery.popleft()
-        self._queued.discard(entry_id)
+        self._queued.discard((partition, entry_id))
         if partition not in self._owned or partition in self._revoking:
             return None
         assert self._group is not None
@@ -327,42 +330,80 @@ class RedisConsumer:
         pipe = self._client.pipeline(transaction=False)
         pipe.xclaim(stream, self._group, self.name, 0 if at_once else self._min_idle_ms, [entry_id])
         pipe.xpending_range(stream, self._group, entry_id, entry_id, 1)
-        with self._errors("claim a pending entry"):
+        try:
             claimed, pending = await pipe.execute()
+        except CLIENT_ERRORS as exc:
+            if is_no_group(exc):
+                return None  # the group was deleted: the next read creates it again
+            raise backend_error(self._server, f"claim on {self._destination!r}", exc) from exc
         if not claimed or claimed[0][1] is None:
             return None  # another member took it, or it was trimmed
         deliveries = pending[0]["times_delivered"] if pending else 2
-        self._awaiting = entry_id
+        self._awaiting = (partition, entry_id)
         return self._record(partition, entry_id, claimed[0][1], deliveries, {})
 
     # -- acknowledging ----------------------------------------------------------------------
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
-        """``XACK`` the records, one command per stream (pipelined when several)."""
-        group = self._group
-        if group is None or not records:
+        """Note the records' ids and ``XACK`` them in the background: one request in flight
+        (a command per stream), what is noted meanwhile going in the next, so acknowledging
+        never holds up the next read. Done before partitions are handed over and before
+        :meth:`close` returns; a failure is raised by a later call, its ids kept."""
+        if self._group is None or not records:
             return
-        streams = self._streams
-        first = records[0].partition
+        if self._ack_error is not None:
+            error, self._ack_error = self._ack_error, None
+            raise error
+        acks, first = self._acks, records[0].partition
+        if all(r.partition == first for r in records):
+            acks.setdefault(first, []).extend([r.token for r in records])
+        else:
+            for r in records:
+                acks.setdefault(r.partition, []).append(r.token)
+        if self._acking is None:
+            self._acking = asyncio.create_task(self._ack_noted())
+
+    async def _ack_noted(self) -> None:
+        group, streams = self._group, self._streams
+        assert group is not None
         try:
-            if all(r.partition == first for r in records):
-                await self._client.xack(streams[first], group, *[r.token for r in records])
-            else:
-                ids: dict[int, list[bytes]] = {}
-                for r in records:
-                    ids.setdefault(r.partition, []).append(r.token)
-                pipe = self._client.pipeline(transaction=False)
-                for partition, taken in ids.items():
-                    pipe.xack(streams[partition], group, *taken)
-                await pipe.execute()
-        except CLIENT_ERRORS as exc:
-            if not is_no_group(exc):
-                raise backend_error(self._server, f"XACK on {self._destination!r}", exc) from exc
-            log.warning("%s: acknowledging: the group is gone (NOGROUP)", self._describe())
-        awaiting = self._awaiting
-        if awaiting is not None and any(r.token == awaiting for r in records):
-            self._awaiting = None
-            self._wake.set()
+            while self._acks:
+                acks, self._acks = self._acks, {}
+                try:
+                    if len(acks) == 1:
+                        ((partition, ids),) = acks.items()
+                        await self._client.xack(streams[partition], group, *ids)
+                    else:
+                        pipe = self._client.pipeline(transaction=False)
+                        for partition, ids in acks.items():
+                            pipe.xack(streams[partition], group, *ids)
+                        await pipe.execute()
+                except CLIENT_ERRORS as exc:
+                    if is_no_group(exc):
+                        log.warning("%s: acknowledging: the group is gone", self._describe())
+                        continue
+                    for partition, ids in acks.items():  # kept for the next attempt
+                        self._acks[partition] = ids + self._acks.get(partition, [])
+                    self._ack_error = backend_error(
+                        self._server, f"XACK on {self._destination!r}", exc
+                    )
+                    return
+                awaiting = self._awaiting
+                if awaiting is not None and awaiting[1] in acks.get(awaiting[0], ()):
+                    self._awaiting = None  # acknowledged: the next recovered entry may go
+                    self._wake.set()
+        finally:
+            self._acking = None
+
+    async def _flush_acks(self) -> None:
+        """Wait until every noted id is acknowledged (or failed: then it is raised)."""
+        if self._acking is None and self._acks and self._ack_error is None:
+            self._acking = asyncio.create_task(self._ack_noted())
+        while self._acking is not None:
+            await asyncio.shield(self._acking)
+        if self._ack_error is not None:
+            error, self._ack_error = self._ack_error, None
+            raise error
 
     # -- pause, close -----------------------------------------------------------------------
 
@@ -379,6 +420,15 @@ class RedisConsumer:
         the partitions. Idempotent."""
         if self._closed:
             return
+        try:
+            await self._flush_acks()
+        except BackendError as exc:
+            log.error(
+                "%s: closing with finished entries not acknowledged (they will be delivered "
+                "again): %s",
+                self._describe(),
+                exc,
+            )
         self._closed = True
         self._wake.set()
         task, self._maintenance = self._maintenance, None
@@ -467,11 +517,17 @@ class RedisConsumer:
         """Queue other members' entries idle for ``min-idle``; now and then remove consumers
         idle with nothing pending; with ``trim: safe``, trim what every group is done with."""
         for partition in sorted(self._owned - self._revoking):
-            await self._queue_pending(partition, everyone=True, idle_ms=self._min_idle_ms)
+            try:
+                await self._queue_pending(partition, everyone=True, idle_ms=self._min_idle_ms)
+                if cleanup:
+                    await self._remove_idle_consumers(self._streams[partition])
+            except CLIENT_ERRORS as exc:
+                if not is_no_group(exc):
+                    raise
+                log.debug("%s: the group is gone; the next read creates it", self._describe())
+                continue
             if self._recovery:
                 self._wake.set()
-            if cleanup:
-                await self._remove_idle_consumers(self._streams[partition])
             if self._options.trim == "safe":
                 await trim_safely(self._client, self._streams[partition])
 
@@ -541,13 +597,14 @@ class RedisConsumer:
             await self._read_done.wait()
         try:
             await self._listener.on_revoked(partitions)
+            await self._flush_acks()
         finally:
             self._owned -= partitions
             self._revoking -= partitions
             self._held = [r for r in self._held if r.partition not in partitions]
             kept = [item for item in self._recovery if item[0] not in partitions]
             self._recovery = deque(kept)
-            self._queued = {entry_id for _, entry_id, _ in kept}
+            self._queued = {(partition, entry_id) for partition, entry_id, _ in kept}
         if release:
             with self._errors("release a partition lease"):
                 for partition in sorted(partitions):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from binder.errors import BackendError, ClosedError
 from binder.spi import OutboundRecord
@@ -35,9 +37,19 @@ _Queued = tuple[Sequence[OutboundRecord], Callable[[int], bytes], "asyncio.Futur
 class SendQueue:
     """The records waiting to be written, and the task that pipelines them; one per binder."""
 
-    def __init__(self, client: Any, server: str, max_length: int | None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        server: str,
+        max_length: int | None,
+        *,
+        timeout: float = 10.0,
+        cluster: bool = False,
+    ) -> None:
         self._client = client
         self._server = server
+        self._timeout = timeout
+        self._cluster = cluster
         self._trim: tuple[str, ...] = ("MAXLEN", "~", str(max_length)) if max_length else ()
         self._queue: deque[_Queued] = deque()
         self._flusher: asyncio.Task[None] | None = None
@@ -77,23 +89,63 @@ class SendQueue:
     async def _write(self, taken: list[_Queued]) -> BaseException | None:
         """One pipeline of every record in ``taken``; the error, if it failed (some of its
         records may have been written: the caller resends them, at least once)."""
-        pipe = self._client.pipeline(transaction=False)
-        command, trim, dumps = pipe.execute_command, self._trim, orjson.dumps
+        trim, dumps = self._trim, orjson.dumps
+        commands: list[tuple[Any, ...]] = []
+        add = commands.append
+        headers_of: dict[int, bytes] = {}  # one encoding per headers dict of the pipeline
         for records, stream, _ in taken:
             for r in records:
-                fields: list[Any] = ["payload", r.value if r.value is not None else b""]
-                if r.key is not None:
-                    fields += ("key", r.key)
-                if r.headers:
-                    fields += ("headers", dumps(r.headers))
-                command("XADD", stream(r.partition), *trim, "*", *fields)
+                head = ("XADD", stream(r.partition), *trim, "*", "payload", r.value or b"")
+                headers = r.headers
+                if headers:
+                    raw = headers_of.get(id(headers))
+                    if raw is None:
+                        raw = headers_of[id(headers)] = dumps(headers)
+                    if r.key is not None:
+                        add((*head, "key", r.key, "headers", raw))
+                    else:
+                        add((*head, "headers", raw))
+                elif r.key is not None:
+                    add((*head, "key", r.key))
+                else:
+                    add(head)
         try:
-            await pipe.execute()
+            if self._cluster:
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                await pipe.execute()
+            else:
+                await self._pipeline(commands)
         except CLIENT_ERRORS as exc:
             return backend_error(self._server, "XADD", exc)
         except Exception as exc:  # an argument redis-py refused: the send fails, said so
             return BackendError(f"redis at {self._server}: XADD refused: {exc}")
         return None
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> None:
+        """``commands`` written at once on one pooled connection, their replies read in
+        one go under one timeout (redis-py's pipeline arms a timer per reply); the first
+        error reply is raised once every reply was read, so the connection stays in step."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            read = connection.read_response
+            first: ResponseError | None = None
+            async with asyncio.timeout(self._timeout):
+                for _ in range(len(commands)):
+                    try:
+                        await read(disable_decoding=True, timeout=math.inf)
+                    except ResponseError as exc:
+                        first = first or exc
+            if first is not None:
+                raise first
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def close(self) -> None:
         """Wait for what is queued, then refuse more. Idempotent."""

@@ -95,13 +95,17 @@ def normalize_key(key: str) -> str:
 def parse_env_value(text: str) -> Any:
     """``text`` read as a YAML scalar or flow collection; the raw text when YAML cannot read it.
 
-    Dates and other non-JSON YAML types also stay text (a destination ``2024-01-01``).
+    Dates and other non-JSON YAML types also stay text (a destination ``2024-01-01``), and so
+    does block-style YAML: ``shop:`` (a key prefix) is that text, not a mapping; only
+    ``[...]`` and ``{...}`` are collections.
     """
     try:
         value = safe_load(text)
     except yaml.YAMLError:
         return text
-    if value is None or isinstance(value, str | int | float | bool | list | dict):
+    if isinstance(value, list | dict):
+        return value if text.lstrip()[:1] in ("[", "{") else text
+    if value is None or isinstance(value, str | int | float | bool):
         return value
     return text
 

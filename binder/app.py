@@ -311,11 +311,13 @@ class App:
     async def _open_for_sends(self, name: str) -> None:
         """Open the output ``app.send(name, ...)`` uses: the binding called ``name``, else
         the destination ``name`` (a name means the same for the app's whole life, so it is
-        the cache key). The waiting sends are submitted in the same step as the output is
-        cached, so no later send can overtake them."""
+        the cache key). The output is started first, so records are placed over the
+        destination's real partition count. The waiting sends are submitted in the same step
+        as the output is cached, so no later send can overtake them."""
         binding = self.config.binding(name)
         try:
             output = await self._output(name, binding or BindingConfig(destination=name))
+            await output.start()  # its real partition count, before any record is placed
         except Exception as exc:
             for *_, future in self._opening.pop(name, []):
                 if not future.done():

@@ -527,8 +527,9 @@ class InputBinding(_Lifecycle):
         limit = self.policy.max_attempts
         batch = records
         if any(r.deliveries > limit for r in records):
-            over = [r for r in records if r.deliveries > limit]
-            await self._give_up(over, self._over_limit(over[0]), over[0].deliveries - 1)
+            for record in records:  # each letter with its own count
+                if record.deliveries > limit:
+                    await self._give_up([record], self._over_limit(record), record.deliveries - 1)
             batch = [r for r in records if r.deliveries <= limit]
         if batch:
             try:

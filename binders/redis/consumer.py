@@ -44,6 +44,8 @@ _NO_HEADERS: dict[str, str] = {}
 _HANDED_OVER_IDLE_MS = 86_400_000
 """The idle time a closing member gives the entries it leaves pending, so that the next
 claim of any member takes them at once."""
+_CLUSTER_WAIT_MS = 100
+"""On a cluster, the longest a read of several partition streams waits on one of them."""
 _SCAN = 1000
 """Pending entries listed per ``XPENDING`` call."""
 
@@ -99,6 +101,8 @@ class RedisConsumer:
         self._reading: set[int] | None = None  # the partitions of the read in progress
         self._read_done = asyncio.Event()
         self._failure: BackendError | None = None
+        self._cluster = options.cluster
+        self._turn = 0  # a cluster: which stream the next blocking read waits on
         self._acks: dict[int, list[bytes]] = {}  # noted by commit, not yet acknowledged
         self._acking: asyncio.Task[None] | None = None
         self._ack_error: BackendError | None = None
@@ -209,15 +213,10 @@ class RedisConsumer:
         self._reading = set(partitions)
         self._read_done.clear()
         try:
-            if self._group is None:
-                positions = self._positions
-                wanted = {streams[p]: positions[streams[p]] for p in partitions}
-                reply = await client.xread(wanted, count=self._count, block=block)
+            if self._cluster and len(partitions) > 1:
+                reply = await self._read_cluster(partitions, block)
             else:
-                wanted = dict.fromkeys((streams[p] for p in partitions), b">")
-                reply = await client.xreadgroup(
-                    self._group, self.name, wanted, count=self._count, block=block
-                )
+                reply = await self._read_command(client, [streams[p] for p in partitions], block)
         except CLIENT_ERRORS as exc:
             if self._group is not None and is_no_group(exc):
                 await self._group_deleted(partitions)
@@ -240,6 +239,38 @@ class RedisConsumer:
             for entry in entries:
                 records.append(self._record(partition, entry[0], entry[1], 1, decoded))
         return records
+
+    def _read_command(self, client: Any, streams: list[bytes], block: int | None) -> Any:
+        """``XREAD`` (anonymous, from the last position) or ``XREADGROUP`` (``>``) of
+        ``streams``, blocking up to ``block`` ms (``None``: not at all)."""
+        if self._group is None:
+            positions = self._positions
+            return client.xread(
+                {stream: positions[stream] for stream in streams}, count=self._count, block=block
+            )
+        wanted = dict.fromkeys(streams, b">")
+        return client.xreadgroup(self._group, self.name, wanted, count=self._count, block=block)
+
+    async def _read_cluster(self, partitions: list[int], block: int) -> list[Any]:
+        """On a cluster one command cannot read streams of several slots: one read per
+        stream, pipelined (to their nodes) without blocking; when all are empty, a blocking
+        read of one of them in turn, for at most :data:`_CLUSTER_WAIT_MS` (what arrives on
+        the others meanwhile waits that long)."""
+        pipe = self._client.pipeline(transaction=False)
+        for partition in partitions:
+            self._read_command(pipe, [self._streams[partition]], None)
+        merged: list[Any] = []
+        for reply in await pipe.execute():
+            if reply:
+                merged.extend(reply.items() if isinstance(reply, dict) else reply)
+        if merged:
+            return merged
+        self._turn = (self._turn + 1) % len(partitions)
+        stream = self._streams[partitions[self._turn]]
+        reply = await self._read_command(self._client, [stream], min(block, _CLUSTER_WAIT_MS))
+        if not reply:
+            return []
+        return list(reply.items()) if isinstance(reply, dict) else reply
 
     def _record(
         self,

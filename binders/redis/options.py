@@ -7,37 +7,20 @@ Pydantic only: redis-py is not imported here, so configuration can be validated
 from __future__ import annotations
 
 import os
-import re
-from datetime import timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import Field, model_validator
 
+from binder.config import Duration as CoreDuration
 from binder.spi import BinderOptions
 
-__all__ = ["DEFAULT_URL", "Duration", "RedisOptions", "seconds"]
+__all__ = ["DEFAULT_URL", "Duration", "RedisOptions"]
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.ASCII)
-
-
-def seconds(value: object) -> object:
-    """A duration as seconds: ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``, ``"1d"``, a
-    ``timedelta``, or a bare number (seconds). Anything else is left for pydantic to refuse."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        found = _DURATION.fullmatch(value) if len(value) < 40 else None
-        if found is None:
-            raise ValueError(f"not a duration: {value!r} (write e.g. 500ms, 30s, 2m, 1h)")
-        return float(found.group(1)) * _UNITS[found.group(2) or "s"]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(seconds), Field(gt=0)]
-"""Seconds, written as ``500ms``, ``30s``, ``2m``, ``1h``, ``1d`` or a number of seconds."""
+Duration = Annotated[CoreDuration, Field(gt=0)]
+"""Seconds, written as ``500ms``, ``30s``, ``2m``, ``1h`` or a number of seconds (the core's
+duration syntax, as for the back-off intervals)."""
 
 
 def _url_default() -> str:

@@ -6,6 +6,8 @@ the next run finishes the leftovers first). ``--clean`` starts from an empty log
 
 ``--kafka`` runs the same code on the Kafka binder instead (only the default binder
 changes): on ``$KAFKA_BOOTSTRAP_SERVERS``, else on a Tansu broker started for the run.
+``--redis`` runs it on the Redis binder: on ``$REDIS_URL``, else 127.0.0.1:6379, under a key
+prefix of its own that is deleted when the run ends.
 """
 
 from __future__ import annotations
@@ -228,6 +230,25 @@ def kafka() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def redis() -> Iterator[None]:
+    """Make Redis the default binder, under a key prefix of this run's, deleted at the end."""
+    import uuid
+
+    from binders.redis.testing import DEFAULT_URL, delete_prefixed
+
+    url = os.environ.get("REDIS_URL") or DEFAULT_URL
+    prefix = f"orders-demo-{uuid.uuid4().hex[:8]}:"
+    os.environ["BINDER_DEFAULT_BINDER"] = "redis"
+    os.environ["BINDER_BINDERS__REDIS__URL"] = url
+    os.environ["BINDER_BINDERS__REDIS__KEY_PREFIX"] = prefix
+    print(f"on Redis at {url}, keys under {prefix!r} (deleted when the run ends)")
+    try:
+        yield
+    finally:
+        delete_prefixed(url, prefix)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     for handler in logging.getLogger().handlers:  # dead letters are counted below, not logged
@@ -237,8 +258,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clean", action="store_true", help="delete the log's data first")
     parser.add_argument("--kafka", action="store_true", help="run on the Kafka binder")
+    parser.add_argument("--redis", action="store_true", help="run on the Redis binder")
     args = parser.parse_args()
-    with kafka() if args.kafka else contextlib.nullcontext():
+    backend = kafka() if args.kafka else redis() if args.redis else contextlib.nullcontext()
+    with backend:
         from examples.orders.app import app, ledger  # the app reads the environment: after kafka()
 
         path = log_path(app)

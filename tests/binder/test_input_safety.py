@@ -281,3 +281,15 @@ def test_an_unknown_retryable_exception_is_a_warning_at_start_once(
     path = "binder.bindings.sink-in-0.consumer.retryable-exceptions.NoSuchTransientError"
     assert [m for m in messages if path in m] == [messages[0]], messages
     assert len(messages) == 1 and "ValueError" not in messages[0]
+
+
+@pytest.mark.parametrize("text", ["shop:", "orders-demo-1a2b:", "a: 1", "- one"])
+def test_block_style_yaml_in_an_environment_variable_stays_text(text: str) -> None:
+    """A key prefix ``shop:`` from the environment is that text, not a mapping: only flow
+    collections (``[...]``, ``{...}``) are read as collections."""
+    assert parse_env_value(text) == text
+
+
+def test_flow_collections_in_an_environment_variable_are_collections() -> None:
+    assert parse_env_value(" [a, b]") == ["a", "b"]
+    assert parse_env_value("{retention.ms: '1000'}") == {"retention.ms": "1000"}

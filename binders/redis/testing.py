@@ -4,7 +4,8 @@
   the function fixture ``key_prefix`` gives each test keys of its own and deletes them after.
 - :class:`RedisCluster` runs a three-master Redis Cluster on free loopback ports:
   ``with RedisCluster() as url: ...``; the session fixture ``redis_cluster_url`` is one for
-  the session (or ``$REDIS_CLUSTER_URL`` when set).
+  the session (or ``$REDIS_CLUSTER_URL`` when set), and the function fixture
+  ``cluster_key_prefix`` is ``key_prefix`` on it.
 
 No fixture ever skips: an unreachable server, or a missing ``redis-server``, fails the test
 that asked for it, naming it. redis-py is imported only inside the functions that use it, so
@@ -39,6 +40,7 @@ __all__ = [
     "RedisCluster",
     "ServerError",
     "check_reachable",
+    "cluster_key_prefix",
     "delete_prefixed",
     "key_prefix",
     "redis_cluster_url",
@@ -155,12 +157,33 @@ def redis_url() -> str:
 
 @pytest.fixture
 def key_prefix(redis_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """``sbt-<test name>-<8 hex>:``, used by no other test; every key that starts with it
-    is deleted after the test (on ``redis_url``)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name.removeprefix("test_"))
-    prefix = f"sbt-{name[:24].strip('-')}-{uuid.uuid4().hex[:8]}:"
+    """``sbt-<test name>-<8 hex>:``, used by no other test; every key under it is deleted
+    after the test (on ``redis_url``), the binder's lease keys ``{<prefix>…}:lease:…``
+    included."""
+    prefix = _test_prefix(request)
     yield prefix
-    delete_prefixed(redis_url, prefix)
+    _delete_test_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def cluster_key_prefix(redis_cluster_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``key_prefix`` on the cluster of ``redis_cluster_url``: every key under it (leases
+    included) is deleted after the test on every master."""
+    prefix = _test_prefix(request)
+    yield prefix
+    _delete_test_keys(redis_cluster_url, prefix)
+
+
+def _test_prefix(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name.removeprefix("test_"))
+    return f"sbt-{name[:24].strip('-')}-{uuid.uuid4().hex[:8]}:"
+
+
+def _delete_test_keys(url: str, prefix: str) -> None:
+    """Delete the keys under ``prefix``, and the binder's lease keys ``{<stream>}:lease:…``
+    (hash-tagged: they start with ``{``, not with the prefix)."""
+    delete_prefixed(url, prefix)
+    delete_prefixed(url, "{" + prefix)
 
 
 def delete_prefixed(url: str, prefix: str) -> int:

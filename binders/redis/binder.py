@@ -98,7 +98,6 @@ class RedisBinder:
         self._client: Any = None
         self._sends: SendQueue | None = None
         self._consumers: set[RedisConsumer] = set()
-        self._names: set[tuple[str, str, str]] = set()
         self._counts: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -245,13 +244,14 @@ class RedisBinder:
         count = await self._count_for_use(spec.destination)
         name = self._consumer_name(spec)
         consumer = RedisConsumer(self, spec, listener, name, count)
+        self._consumers = {c for c in self._consumers if not c.closed}
+        self._consumers.add(consumer)  # before opening: a consumer opened meanwhile sees its name
         try:
             await consumer.open()
         except BaseException:
+            self._consumers.discard(consumer)
             await consumer.close()
             raise
-        self._consumers = {c for c in self._consumers if not c.closed}
-        self._consumers.add(consumer)
         return consumer
 
     def _consumer_name(self, spec: ConsumerSpec) -> str:

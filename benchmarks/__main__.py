@@ -23,6 +23,13 @@ def main() -> None:
         default=100_000,
         help="messages per Redis run (bench_redis, on $REDIS_URL else 127.0.0.1:6379; 0 skips it)",
     )
+    parser.add_argument(
+        "--rabbit-n",
+        type=int,
+        default=50_000,
+        help="messages per RabbitMQ run (bench_rabbit, on $RABBITMQ_URL else 127.0.0.1:5672; "
+        "0 skips it)",
+    )
     args = parser.parse_args()
     bench_core.main(args.n)
     if args.log:
@@ -37,6 +44,10 @@ def main() -> None:
         from benchmarks import bench_redis
 
         bench_redis.main(args.redis_n)
+    if args.rabbit_n:
+        from benchmarks import bench_rabbit
+
+        bench_rabbit.main(args.rabbit_n)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ log = logging.getLogger("binders.rabbit.producer")
 KEY = "x-key"
 KEY_ENCODING = "x-key-encoding"
 PERSISTENT = 2
+WINDOW = 2_000
+"""Most records handed to the channel and not yet confirmed; later sends wait in the queue."""
 
 _Queued = tuple[str, Sequence[str], Sequence[OutboundRecord], "asyncio.Future[None]"]
 
@@ -67,6 +69,8 @@ class Publisher:
         self._queue: deque[_Queued] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # records handed to the channel, not yet confirmed
+        self._room = asyncio.Event()
         self._closed = False
 
     async def send(
@@ -76,11 +80,18 @@ class Publisher:
         the broker confirmed them all. Queued before the first await, so calls keep order."""
         if self._closed:
             raise ClosedError("the rabbit publisher is closed")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((exchange, routing_keys, records, done))
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
+        for start in range(0, len(records), WINDOW):
+            done: asyncio.Future[None] = loop.create_future()
+            self._queue.append((exchange, routing_keys, records[start : start + WINDOW], done))
+            waits.append(done)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="rabbit-publisher")
-        await done
+        if len(waits) == 1:
+            await waits[0]
+        else:
+            await asyncio.gather(*waits)
 
     async def _open(self) -> Any:
         channel = self._channel
@@ -106,7 +117,11 @@ class Publisher:
                             done.set_exception(error)
                     return
                 while queue:
+                    while self._in_flight >= WINDOW:  # the timeout counts from the hand-over
+                        self._room.clear()
+                        await self._room.wait()
                     exchange, keys, records, done = queue.popleft()
+                    self._in_flight += len(records)
                     publishes = [self._publish(channel, exchange, keys, r) for r in records]
                     task = asyncio.ensure_future(self._confirm(exchange, publishes, done))
                     self._waiting.add(task)
@@ -130,13 +145,19 @@ class Publisher:
             routing_key=keys[r.partition],
             properties=properties,
             mandatory=self._mandatory,
-            timeout=self._timeout,
         )
 
     async def _confirm(
         self, exchange: str, publishes: list[Any], done: asyncio.Future[None]
     ) -> None:
-        results = await asyncio.gather(*publishes, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self._timeout):
+                results = await asyncio.gather(*publishes, return_exceptions=True)
+        except TimeoutError as exc:
+            results = [exc]
+        finally:
+            self._in_flight -= len(publishes)
+            self._room.set()
         error: BaseException | None = None
         for result in results:
             if isinstance(result, BaseException):

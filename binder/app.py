@@ -60,7 +60,9 @@ class App:
         self, config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
     ) -> None:
         self._environ = environ
-        self.config: BinderSection = load_config(config, environ, plugins.option_models())
+        self.config: BinderSection = load_config(
+            config, environ, plugins.option_models(), plugins.binding_option_models()
+        )
         self.functions = FunctionRegistry()
         self.converters = ConverterRegistry(plugins.converters())
         self._binder_factory: BinderFactory | None = None
@@ -82,7 +84,9 @@ class App:
         """Replace the configuration (same form as the constructor's) before the app starts."""
         if self._started:
             raise BinderError("cannot reconfigure a running app; stop it first")
-        self.config = load_config(config, self._environ, plugins.option_models())
+        self.config = load_config(
+            config, self._environ, plugins.option_models(), plugins.binding_option_models()
+        )
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, environ: Mapping[str, str] | None = None) -> App:
@@ -436,6 +440,7 @@ class App:
             key_expression=producer.key_expression,
             required_groups=producer.required_groups,
             observers=self._observers,
+            binder_options=producer.binder_options,
         )
 
     async def _input(self, pipeline: Pipeline, output: OutputBinding | None) -> InputBinding:
@@ -456,6 +461,8 @@ class App:
             instance_count=options.instance_count,
             start=options.start_offset,
             max_records=max(options.batch_size, 500),
+            concurrency=options.concurrency,
+            options=options.binder_options,
         )
         dead_letters = None
         if options.dead_letter:
@@ -469,6 +476,7 @@ class App:
                 self.converters,
                 observers=self._observers,
                 dead_letters_of=destination,
+                binder_options=options.binder_options,
             )
             self._outputs[dead_letters.name] = dead_letters
         invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)

@@ -89,7 +89,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    section = load_config(load_yaml(args.file), os.environ, plugins.option_models())
+    section = load_config(
+        load_yaml(args.file), os.environ, plugins.option_models(), plugins.binding_option_models()
+    )
     app = _load_app(args.app) if args.app else None
     converters = app.converters if app else ConverterRegistry(plugins.converters())
     problems = _content_type_problems(section, converters)

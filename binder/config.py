@@ -97,6 +97,7 @@ class _LoadState:
 
     environ: Mapping[str, str]
     binder_types: BinderTypes | None = None
+    binding_types: BinderTypes | None = None
     origins: dict[EnvPath, str] = field(default_factory=dict)
 
 
@@ -143,7 +144,22 @@ def _check_exception_name(name: str) -> str:
 _ExceptionName = Annotated[str, AfterValidator(_check_exception_name)]
 
 
-class ConsumerOptions(_Model):
+class _BindingPart(_Model):
+    """A binding's ``consumer:`` or ``producer:``: the core's keys, and beside them the keys
+    of the binding's binder type (its ``binding_options`` model, e.g. RabbitMQ's
+    ``queue-type``), validated once the binding's binder is known (:class:`BinderSection`)."""
+
+    model_config = ConfigDict(extra="allow")
+    _binder_options: BaseModel | None = PrivateAttr(default=None)
+
+    @property
+    def binder_options(self) -> BaseModel | None:
+        """The binder-specific keys, validated by the binder type's ``binding_options``;
+        ``None`` when there are none (or the load had no binder types)."""
+        return self._binder_options
+
+
+class ConsumerOptions(_BindingPart):
     """How a binding consumes: concurrency, retries, dead letters, partitions, batches."""
 
     concurrency: int = Field(1, ge=1)
@@ -182,7 +198,7 @@ class ConsumerOptions(_Model):
         return self
 
 
-class ProducerOptions(_Model):
+class ProducerOptions(_BindingPart):
     """How a binding produces: partitioning and groups provisioned up front."""
 
     partition_key_expression: str | None = None
@@ -334,6 +350,9 @@ class BinderSection(_Model):
         if problems:
             raise invalid(problems)
         self.bindings = {name: _resolved(name, b, self) for name, b in self.bindings.items()}
+        problems = [p for name in self.bindings for p in _binder_keys_problems(name, self)]
+        if problems:
+            raise invalid(problems)
         return self
 
 
@@ -365,6 +384,44 @@ def _binding_problems(section: BinderSection) -> Iterator[Problem]:
         if binding.binder is not None and binding.binder not in section.binders:
             message = f"unknown binder; configured binders: {', '.join(section.binders)}"
             yield Problem(("bindings", name, "binder"), message, binding.binder)
+
+
+def _binder_keys_problems(name: str, section: BinderSection) -> Iterator[Problem]:
+    """Validate the binder-specific keys of binding ``name``'s ``consumer`` and ``producer``
+    with its binder type's ``binding_options`` model (kept raw when the load had none);
+    such keys under a binder type that has none are unknown keys."""
+    binding = section.bindings[name]
+    state = _load_state()
+    types = state.binding_types
+    if types is None and state.binder_types is not None:
+        types = {}  # binder options are validated: binding keys of no type are unknown
+    entry = section.binders.get(binding.binder or "")
+    for part_name in ("consumer", "producer"):
+        part: _BindingPart = getattr(binding, part_name)
+        extras = part.model_extra
+        if not extras or types is None or entry is None:
+            continue
+        where = ("bindings", name, part_name)
+        model = types.get(entry.type)
+        if model is None:
+            known = [info.alias or n for n, info in type(part).model_fields.items()]
+            for key, value in extras.items():
+                yield Problem((*where, key), unknown_key_message(key, known), value)
+            continue
+        try:
+            part._binder_options = model.model_validate(extras)
+        except ValidationError as exc:
+            known = [
+                info.alias or n
+                for fields in (type(part).model_fields, model.model_fields)
+                for n, info in fields.items()
+            ]
+            for error in exc.errors():
+                message = error["msg"]
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                    message = unknown_key_message(error["loc"][0], known)
+                loc = tuple(str(item) for item in error["loc"])
+                yield Problem((*where, *loc), message, error.get("input"))
 
 
 def _resolved(name: str, binding: BindingConfig, section: BinderSection) -> BindingConfig:
@@ -428,15 +485,19 @@ def load_config(
     doc: Mapping[str, Any] | None,
     environ: Mapping[str, str] | None = None,
     binder_types: BinderTypes | None = None,
+    binding_types: BinderTypes | None = None,
 ) -> BinderSection:
     """Validate ``doc`` (``{"binder": {...}}``) with the ``BINDER_*`` overrides of ``environ``.
 
     ``environ`` defaults to ``os.environ``. ``binder_types`` maps a binder type
     name to its options model; ``None`` keeps binder options as raw mappings.
+    ``binding_types`` maps a binder type name to the model of the keys its bindings may set
+    beside the core's under ``consumer:`` and ``producer:``; such keys are unknown keys for a
+    binder type it does not name, and kept unvalidated only when both maps are ``None``.
     Raises one :class:`ConfigError` listing every problem.
     """
     document = _document(doc)
-    state = _LoadState(os.environ if environ is None else environ, binder_types)
+    state = _LoadState(os.environ if environ is None else environ, binder_types, binding_types)
     token = _LOAD_STATE.set(state)
     try:
         return Settings(**document).binder

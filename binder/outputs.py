@@ -52,6 +52,7 @@ class OutputBinding:
         required_groups: Sequence[str] = (),
         observers: list[Observer] | None = None,
         dead_letters_of: str | None = None,
+        binder_options: Any = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -62,6 +63,8 @@ class OutputBinding:
         self.required_groups = tuple(required_groups)
         self.dead_letters_of = dead_letters_of
         """The destination whose dead letters this output sends, if it is a dead-letter one."""
+        self.binder_options = binder_options
+        """The binding's binder-specific ``producer:`` keys, given to provisioning."""
         self._converters = converters
         self._observers = observers if observers is not None else []
         self._count = partition_count  # the destination's real partition count once started
@@ -88,12 +91,14 @@ class OutputBinding:
         if self._producer is not None:
             return
         binder, destination = self.binder, self.destination
-        if self.dead_letters_of is None:
-            count = await binder.provision(destination, self.partition_count, self.required_groups)
-        else:
-            count = await binder.provision(
-                destination, self.partition_count, dead_letters_of=self.dead_letters_of
-            )
+        extra: dict[str, Any] = {}
+        if self.dead_letters_of is not None:
+            extra["dead_letters_of"] = self.dead_letters_of
+        if self.binder_options is not None:
+            extra["options"] = self.binder_options
+        count = await binder.provision(
+            destination, self.partition_count, self.required_groups, **extra
+        )
         self._count = max(count, 1)
         self._sticky %= self._count
         self._partitioned = self._count > 1 or self.key_expression is not None

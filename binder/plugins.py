@@ -20,6 +20,7 @@ from binder.spi import PROJECT, Binder, BinderSpec, BinderType
 
 __all__ = [
     "binder_types",
+    "binding_option_models",
     "converters",
     "drop_test_broker",
     "make_test_binder",
@@ -49,6 +50,18 @@ def binder_types() -> dict[str, BinderType]:
 def option_models() -> Mapping[str, type[BaseModel]]:
     """Binder type name → the model of its options (what config validation needs)."""
     return {name: kind.options for name, kind in binder_types().items()}
+
+
+def binding_option_models() -> Mapping[str, type[BaseModel]]:
+    """Binder type name → the model of the keys its bindings may set under ``consumer:`` and
+    ``producer:`` (a type's optional ``binding_options``). A type without one is absent: such
+    keys are unknown keys on its bindings."""
+    found: dict[str, type[BaseModel]] = {}
+    for name, kind in binder_types().items():
+        model = getattr(kind, "binding_options", None)
+        if model is not None:
+            found[name] = model
+    return found
 
 
 def converters() -> list[Converter]:

@@ -173,7 +173,10 @@ class ConsumerSpec:
     ``None`` means the contract's default (named group: earliest, anonymous:
     latest). ``instance_count`` > 1 asks for static partition assignment: this
     instance owns the partitions ``p % instance_count == instance_index``.
-    ``max_records`` bounds what one :meth:`Consumer.fetch` returns.
+    ``max_records`` bounds what one :meth:`Consumer.fetch` returns; ``concurrency`` is how
+    many records the core handles at once (the binding's ``concurrency``). ``options`` are
+    the binding's binder-specific keys under ``consumer:``, validated by the binder type's
+    ``binding_options`` model (``None`` when it set none).
     """
 
     destination: str
@@ -182,6 +185,8 @@ class ConsumerSpec:
     instance_count: int = 1
     start: Literal["earliest", "latest"] | None = None
     max_records: int = 500
+    concurrency: int = 1
+    options: Any = None
 
 
 @runtime_checkable
@@ -296,6 +301,7 @@ class Binder(Protocol):
         required_groups: Sequence[str] = (),
         *,
         dead_letters_of: str | None = None,
+        options: Any = None,
     ) -> int:
         """Make ``destination`` exist with at least ``partition_count`` partitions (and
         durable ``required_groups`` on it); return its real partition count. Idempotent.
@@ -304,7 +310,10 @@ class Binder(Protocol):
         or the binder creates destinations with more): the core places records over it.
         ``dead_letters_of`` names the destination whose dead letters ``destination``
         receives; a binder may create it to match (Kafka's ``dlq-partition-count: same``:
-        as many partitions as that one, so each letter keeps its partition). Raises
+        as many partitions as that one, so each letter keeps its partition). ``options`` are
+        the provisioning binding's binder-specific keys under ``producer:`` (validated by the
+        binder type's ``binding_options``; ``None`` when none), e.g. how to declare the
+        required groups' queues; a binder without such keys ignores it. Raises
         :class:`~binder.errors.ConfigError` when the destination cannot be what is asked
         (too few partitions and growing is off), :class:`~binder.errors.BackendError`
         when the backend fails.
@@ -358,7 +367,12 @@ class BinderType(Protocol):
 
     @property
     def options(self) -> type[BaseModel]:
-        """The model of the binder's own keys under ``binder.binders.<name>``."""
+        """The model of the binder's own keys under ``binder.binders.<name>``.
+
+        A type may also have ``binding_options``: the model of the keys its bindings may set
+        beside the core's under ``consumer:`` and ``producer:`` (RabbitMQ's ``queue-type``);
+        they reach it as :attr:`ConsumerSpec.options` and :meth:`Binder.provision`'s
+        ``options``. Without it such keys are unknown keys."""
 
     def create(self, name: str, options: BaseModel) -> Binder:
         """A new, not yet started binder configured with validated ``options``."""

@@ -91,6 +91,7 @@ class KafkaBinder:
         required_groups: Sequence[str] = (),
         *,
         dead_letters_of: str | None = None,
+        options: Any = None,
     ) -> int:
         """The topic with at least ``partition_count`` partitions, made with at least
         ``default-partition-count`` (a dead-letter topic: ``dlq-partition-count``); its

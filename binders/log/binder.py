@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -188,6 +189,7 @@ class LogBinder:
         required_groups: Sequence[str] = (),
         *,
         dead_letters_of: str | None = None,
+        options: Any = None,
     ) -> int:
         """The topic with at least ``partition_count`` (and ``default-partition-count``)
         partitions; a dead-letter topic is created with as many as the topic it serves, so

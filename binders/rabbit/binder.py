@@ -284,6 +284,15 @@ class RabbitBinder:
             await self.declare_queue(queue, destination, key, arguments)
         return queues
 
+    async def declare_letters_queue(self, destination: str, options: QueueOptions) -> None:
+        """The durable queue of a dead-letter destination's own name, bound with ``#``: of
+        the queue settings only ``queue-type`` applies (letters never expire, nor are they
+        dropped for length)."""
+        arguments = queue_arguments(
+            QueueOptions(queue_type=options.queue_type), single_active=False
+        )
+        await self.declare_queue(destination, destination, "#", arguments)
+
     # -- partition counts -------------------------------------------------------------------
 
     async def stored_count(self, destination: str) -> int | None:
@@ -374,8 +383,7 @@ class RabbitBinder:
         for group in required_groups:
             await self.declare_group(destination, group, count, queue_options)
         if dead_letters_of is not None:
-            arguments = queue_arguments(queue_options, single_active=False)
-            await self.declare_queue(destination, destination, "#", arguments)
+            await self.declare_letters_queue(destination, queue_options)
         return count
 
     async def producer(self, spec: ProducerSpec) -> RabbitProducer:

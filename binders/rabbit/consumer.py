@@ -33,7 +33,7 @@ import orjson
 
 from binder.errors import BackendError
 from binder.spi import ConsumerSpec, InboundRecord, RebalanceListener
-from binders.rabbit.binder import Names, merged, queue_arguments
+from binders.rabbit.binder import Names, merged
 from binders.rabbit.errors import CLIENT_ERRORS, backend_error, backend_errors
 from binders.rabbit.producer import KEY, KEY_ENCODING
 
@@ -45,6 +45,8 @@ __all__ = ["RabbitConsumer", "key_of", "text_of"]
 log = logging.getLogger("binders.rabbit.consumer")
 
 DELIVERY_COUNT = "x-delivery-count"
+PREFETCH_LIMIT = 65_535
+"""The largest ``basic.qos`` prefetch count AMQP can carry."""
 CONTENT_TYPE = "contentType"
 
 
@@ -90,7 +92,6 @@ class RabbitConsumer:
         spec: ConsumerSpec,
         listener: RebalanceListener,
         partition_count: int,
-        options: Any = None,
     ) -> None:
         self._binder = binder
         self._server = binder.server
@@ -99,8 +100,10 @@ class RabbitConsumer:
         self._group = spec.group
         self._listener = listener
         self._count = partition_count
-        self._options = merged(binder.options, options)
-        self._prefetch = self._options.prefetch or 2 * spec.max_records
+        self._options = merged(binder.options, spec.options)
+        self._prefetch = min(
+            self._options.prefetch or 2 * spec.max_records * spec.concurrency, PREFETCH_LIMIT
+        )
         self._channel: Any = None  # the aio-pika channel
         self._underlay: Any = None  # its aiormq channel
         self._partition_of: dict[str, int] = {}  # consumer tag -> partition
@@ -130,7 +133,7 @@ class RabbitConsumer:
         with backend_errors(self._server, f"subscribe to {self._destination!r}"):
             channel = self._underlay = await self._channel.get_underlay_channel()
             async with asyncio.timeout(binder.options.connect_timeout):
-                await channel.basic_qos(prefetch_count=min(self._prefetch, 65535))
+                await channel.basic_qos(prefetch_count=self._prefetch)
                 for queue, partition in queues:
                     ok = await channel.basic_consume(queue, self._on_message, no_ack=False)
                     self._partition_of[ok.consumer_tag] = partition
@@ -156,8 +159,7 @@ class RabbitConsumer:
             return [(queue, -1 if count > 1 else 0)]
         if await binder.queue_exists(destination):  # a dead-letter destination's own queue
             await binder.declare_exchange(destination)
-            arguments = queue_arguments(self._options, single_active=False)
-            await binder.declare_queue(destination, destination, "#", arguments)
+            await binder.declare_letters_queue(destination, self._options)
             return [(destination, 0)]
         queues = await binder.declare_group(destination, self._group, count, self._options)
         return [

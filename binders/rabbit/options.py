@@ -44,7 +44,8 @@ class QueueOptions(BinderOptions):
     """``x-max-length``: past this many ready messages the broker drops the oldest."""
     prefetch: int | None = Field(None, ge=1)
     """Unacknowledged messages the broker hands a consumer (``basic.qos``) per queue;
-    ``None``: twice what one fetch returns times ``concurrency`` (1,000 by default)."""
+    ``None``: twice what one fetch returns, times ``concurrency`` (1,000 by default; at
+    most 65,535)."""
 
 
 class RabbitOptions(QueueOptions):

@@ -158,6 +158,7 @@ class RedisBinder:
         required_groups: Sequence[str] = (),
         *,
         dead_letters_of: str | None = None,
+        options: Any = None,
     ) -> int:
         """Store the destination's partition count (at least ``partition_count``; a
         dead-letter destination gets as many as the one whose letters it receives) and

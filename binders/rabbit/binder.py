@@ -1,6 +1,7 @@
 """The ``rabbit`` binder: RabbitMQ behind the binder SPI, its topology, capabilities and type.
 
-Topology, for destination ``d`` with ``N`` partitions:
+Topology, for destination ``d`` with ``N`` partitions (every name behind the binder's
+``prefix``, empty by default):
 
 - ``d``: a durable topic exchange. A message for partition ``p`` is published with the
   routing key ``d-p`` when ``N`` > 1, else ``d``.
@@ -173,6 +174,11 @@ class RabbitBinder:
             self._connection = connection
             self._topology = None
             return connection
+
+    def exchange_of(self, destination: str) -> str:
+        """The exchange of ``destination``: its name behind the binder's ``prefix``; every
+        queue of it is named after the exchange."""
+        return self.options.prefix + destination
 
     def _check_open(self) -> None:
         if not self._started:
@@ -377,28 +383,30 @@ class RabbitBinder:
         queues (with the binding's queue ``options``), and for a dead-letter destination its
         queue of its own name; return the count."""
         self._check_open()
-        count = await self._ensure_count(destination, partition_count)
-        await self.declare_exchange(destination)
+        exchange = self.exchange_of(destination)
+        count = await self._ensure_count(exchange, partition_count)
+        await self.declare_exchange(exchange)
         queue_options = merged(self.options, options)
         for group in required_groups:
-            await self.declare_group(destination, group, count, queue_options)
+            await self.declare_group(exchange, group, count, queue_options)
         if dead_letters_of is not None:
-            await self.declare_letters_queue(destination, queue_options)
+            await self.declare_letters_queue(exchange, queue_options)
         return count
 
     async def producer(self, spec: ProducerSpec) -> RabbitProducer:
         from binders.rabbit.producer import RabbitProducer
 
         self._check_open()
-        count = await self._ensure_count(spec.destination, spec.partition_count)
-        await self.declare_exchange(spec.destination)
-        return RabbitProducer(await self.publisher(), spec.destination, count)
+        exchange = self.exchange_of(spec.destination)
+        count = await self._ensure_count(exchange, spec.partition_count)
+        await self.declare_exchange(exchange)
+        return RabbitProducer(await self.publisher(), exchange, count)
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> RabbitConsumer:
         from binders.rabbit.consumer import RabbitConsumer
 
         self._check_open()
-        count = await self.partitions_of(spec.destination)
+        count = await self.partitions_of(self.exchange_of(spec.destination))
         consumer = RabbitConsumer(self, spec, listener, count)
         self._consumers = {c for c in self._consumers if not c.closed}
         self._consumers.add(consumer)
@@ -414,20 +422,21 @@ class RabbitBinder:
         """Remove the exchange, the queues of ``groups``, the destination's own queue and its
         partition count. Idempotent."""
         self._check_open()
-        count = await self.stored_count(destination) or 1
-        queues = [destination, Names.partition_count(destination)]
+        exchange = self.exchange_of(destination)
+        count = await self.stored_count(exchange) or 1
+        queues = [exchange, Names.partition_count(exchange)]
         for group in groups:
-            queues += Names.group_queues(destination, group, 1)
+            queues += Names.group_queues(exchange, group, 1)
             if count > 1:
-                queues += Names.group_queues(destination, group, count)
+                queues += Names.group_queues(exchange, group, count)
         for queue in queues:
             await self.declare(
                 f"delete the queue {queue!r}", lambda ch, q=queue: ch.queue_delete(q)
             )
         await self.declare(
-            f"delete the exchange {destination!r}", lambda ch: ch.exchange_delete(destination)
+            f"delete the exchange {exchange!r}", lambda ch: ch.exchange_delete(exchange)
         )
-        self._counts.pop(destination, None)
+        self._counts.pop(exchange, None)
 
     async def close(self) -> None:
         """Close the consumers, flush the publisher, close the connection. Idempotent."""

@@ -97,6 +97,7 @@ class RabbitConsumer:
         self._server = binder.server
         self._spec = spec
         self._destination = spec.destination
+        self._exchange = binder.exchange_of(spec.destination)
         self._group = spec.group
         self._listener = listener
         self._count = partition_count
@@ -109,6 +110,7 @@ class RabbitConsumer:
         self._partition_of: dict[str, int] = {}  # consumer tag -> partition
         self._buffer: deque[Any] = deque()
         self._pending: deque[int] = deque()  # delivery tags not yet acknowledged, in order
+        self._unacked: set[int] = set()  # the same tags, to look up
         self._finished: set[int] = set()  # committed, not at the front of _pending
         self._alone: set[int] = set()  # acked on their own, still in _pending
         self._seen: set[int] = set()  # partitions delivered so far (on_assigned)
@@ -144,7 +146,7 @@ class RabbitConsumer:
     async def _queues(self) -> list[tuple[str, int]]:
         """The queues to consume, each with its partition (-1: taken from the routing key)."""
         binder, spec = self._binder, self._spec
-        destination, count = self._destination, self._count
+        destination, count = self._exchange, self._count
         if self._group is None:
             await binder.declare_exchange(destination)
             queue = Names.anonymous_queue(destination)
@@ -181,7 +183,9 @@ class RabbitConsumer:
 
     async def _on_message(self, message: Any) -> None:
         self._buffer.append(message)
-        self._pending.append(message.delivery.delivery_tag)
+        tag = message.delivery.delivery_tag
+        self._pending.append(tag)
+        self._unacked.add(tag)
         self._wake.set()
 
     # -- the SPI ----------------------------------------------------------------------------
@@ -232,7 +236,7 @@ class RabbitConsumer:
             headers[CONTENT_TYPE] = properties.content_type
         partition = self._partition_of.get(delivery.consumer_tag, 0)
         if partition < 0:
-            partition = _partition_from(delivery.routing_key, self._destination)
+            partition = _partition_from(delivery.routing_key, self._exchange)
         stamp = properties.timestamp
         return InboundRecord(
             self._destination,
@@ -269,8 +273,13 @@ class RabbitConsumer:
             )
         if not tags:
             return
+        unacked = self._unacked
+        fresh = [tag for tag in tags if tag in unacked]  # a record committed again: done
+        if not fresh:
+            return
+        unacked.difference_update(fresh)
         finished, pending, alone = self._finished, self._pending, self._alone
-        finished.update(tags)
+        finished.update(fresh)
         last = None
         while pending and pending[0] in finished:
             tag = pending.popleft()
@@ -282,9 +291,10 @@ class RabbitConsumer:
         acks: list[tuple[int, bool]] = []
         if last is not None:
             acks.append((last, True))
-        for tag in finished - alone:
-            acks.append((tag, False))
-            alone.add(tag)
+        for tag in fresh:
+            if tag in finished:  # behind one still in work: acknowledged on its own
+                acks.append((tag, False))
+                alone.add(tag)
         try:
             for tag, multiple in acks:
                 await channel.basic_ack(tag, multiple=multiple)

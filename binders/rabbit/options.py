@@ -55,6 +55,10 @@ class RabbitOptions(QueueOptions):
     """``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS); default
     ``$RABBITMQ_URL``, else ``amqp://guest:guest@localhost:5672/``. The password is never
     logged."""
+    prefix: str = ""
+    """Put in front of the name of every exchange and queue the binder declares (as Spring's
+    RabbitMQ binder's ``prefix``): destination ``d`` is the exchange ``<prefix>d``, its group
+    ``g`` the queue ``<prefix>d.g``; messages still carry ``d`` as their destination."""
     connect_timeout: Duration = 10.0
     """Longest wait to connect (and for each topology call)."""
     heartbeat: int = Field(30, ge=0)

@@ -7,7 +7,9 @@ the next run finishes the leftovers first). ``--clean`` starts from an empty log
 ``--kafka`` runs the same code on the Kafka binder instead (only the default binder
 changes): on ``$KAFKA_BOOTSTRAP_SERVERS``, else on a Tansu broker started for the run.
 ``--redis`` runs it on the Redis binder: on ``$REDIS_URL``, else 127.0.0.1:6379, under a key
-prefix of its own that is deleted when the run ends.
+prefix of its own that is deleted when the run ends. ``--rabbit`` runs it on the RabbitMQ
+binder: on ``$RABBITMQ_URL``, else guest on 127.0.0.1:5672, its exchanges and queues behind a
+name prefix of its own, deleted when the run ends.
 """
 
 from __future__ import annotations
@@ -249,6 +251,56 @@ def redis() -> Iterator[None]:
         delete_prefixed(url, prefix)
 
 
+@contextlib.contextmanager
+def rabbit() -> Iterator[None]:
+    """Make RabbitMQ the default binder, behind a name prefix of this run's; at the end the
+    exchanges and queues of every configured destination and group are deleted."""
+    import uuid
+
+    from binders.rabbit.testing import DEFAULT_URL
+
+    url = os.environ.get("RABBITMQ_URL") or DEFAULT_URL
+    prefix = f"orders-demo-{uuid.uuid4().hex[:8]}."
+    os.environ["BINDER_DEFAULT_BINDER"] = "rabbit"
+    os.environ["BINDER_BINDERS__RABBIT__URL"] = url
+    os.environ["BINDER_BINDERS__RABBIT__PREFIX"] = prefix
+    print(f"on RabbitMQ, exchanges and queues named {prefix}* (deleted when the run ends)")
+    try:
+        yield
+    finally:
+        from examples.orders.app import app
+
+        asyncio.run(_delete_topology(app))
+
+
+async def _delete_topology(app: App) -> None:
+    """Delete every configured destination of ``app``'s default binder with its groups and
+    dead-letter destinations."""
+    from binder import plugins
+    from binder.retry import dead_letter_destination
+
+    groups: dict[str, set[str]] = {}
+    for binding in app.config.bindings.values():
+        destination = binding.destination or ""
+        named = groups.setdefault(destination, set())
+        named.update(binding.producer.required_groups)
+        if binding.group is not None:
+            named.add(binding.group)
+            letters = dead_letter_destination(
+                destination, binding.group, binding.consumer.dead_letter_destination
+            )
+            groups.setdefault(letters, set())
+    entry = app.config.binders[app.config.default_binder or ""]
+    name = app.config.default_binder or ""
+    binder = plugins.binder_types()[entry.type].create(name, entry.options)
+    await binder.start()
+    try:
+        for destination, named in groups.items():
+            await binder.delete(destination, sorted(named))
+    finally:
+        await binder.close()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     for handler in logging.getLogger().handlers:  # dead letters are counted below, not logged
@@ -259,8 +311,17 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="delete the log's data first")
     parser.add_argument("--kafka", action="store_true", help="run on the Kafka binder")
     parser.add_argument("--redis", action="store_true", help="run on the Redis binder")
+    parser.add_argument("--rabbit", action="store_true", help="run on the RabbitMQ binder")
     args = parser.parse_args()
-    backend = kafka() if args.kafka else redis() if args.redis else contextlib.nullcontext()
+    backend = (
+        kafka()
+        if args.kafka
+        else redis()
+        if args.redis
+        else rabbit()
+        if args.rabbit
+        else contextlib.nullcontext()
+    )
     with backend:
         from examples.orders.app import app, ledger  # the app reads the environment: after kafka()
 

@@ -1,0 +1,75 @@
+"""Acknowledgements through the SPI on the real broker: out of order, repeated, and of a
+channel that closed; what was acknowledged is never delivered again, the rest is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from binder.spi import ConsumerSpec, InboundRecord, OutboundRecord
+from binder.testing.conformance.support import Conformance, IdleListener, fetch_records, run
+
+
+def _suite(rabbit_url: str, prefix: str) -> Conformance:
+    return Conformance({"type": "rabbit", "url": rabbit_url, "prefix": prefix})
+
+
+async def _fetch(consumer: Any, count: int) -> list[InboundRecord]:
+    records: list[InboundRecord] = []
+    async with asyncio.timeout(10):
+        while len(records) < count:
+            records += await consumer.fetch()
+    return records
+
+
+def test_acks_out_of_order_and_repeated_lose_nothing_and_redeliver_nothing(
+    rabbit_url: str, rabbit_prefix: str
+) -> None:
+    suite = _suite(rabbit_url, rabbit_prefix)
+    values = [b"%d" % n for n in range(10)]
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        async with suite.binder() as binder:
+            await binder.provision("d", 1, ["g"])
+            await suite.send_raw(binder, "d", [OutboundRecord(v) for v in values])
+            consumer = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            records = await _fetch(consumer, 10)
+            await consumer.commit(records[5:8])  # behind unfinished ones: acked on their own
+            await consumer.commit(records[5:8])  # again: nothing more is sent
+            await consumer.commit(records[:3])  # the front: one multiple ack
+            await consumer.commit(records[:3])
+            await consumer.close()  # 3, 4, 8, 9 were never acknowledged
+            again = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            redelivered = await fetch_records(again, 4)
+            await asyncio.sleep(0.3)  # anything more would have arrived by now
+            extra = list(again._buffer)  # what arrived past the four
+            await again.close()
+            await binder.delete("d", ["g"])
+        return [r.value or b"" for r in redelivered], [m.body for m in extra]
+
+    redelivered, extra = run(scenario())
+    assert sorted(redelivered) == [b"3", b"4", b"8", b"9"]
+    assert extra == []
+
+
+def test_acks_of_a_closed_channel_are_dropped_not_raised(
+    rabbit_url: str, rabbit_prefix: str
+) -> None:
+    suite = _suite(rabbit_url, rabbit_prefix)
+
+    async def scenario() -> list[InboundRecord]:
+        async with suite.binder() as binder:
+            await binder.provision("d", 1, ["g"])
+            await suite.send_raw(binder, "d", [OutboundRecord(b"only")])
+            consumer = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            (record,) = await _fetch(consumer, 1)
+            await consumer.close()
+            await consumer.commit([record])  # its channel is gone: the broker redelivers
+            again = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            redelivered = await fetch_records(again, 1)
+            await again.close()
+            await binder.delete("d", ["g"])
+            return redelivered
+
+    (record,) = run(scenario())
+    assert record.value == b"only" and record.deliveries == 2

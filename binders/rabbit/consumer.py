@@ -111,6 +111,7 @@ class RabbitConsumer:
         self._buffer: deque[Any] = deque()
         self._pending: deque[int] = deque()  # delivery tags not yet acknowledged, in order
         self._unacked: set[int] = set()  # the same tags, to look up
+        self._acking = asyncio.Lock()
         self._finished: set[int] = set()  # committed, not at the front of _pending
         self._alone: set[int] = set()  # acked on their own, still in _pending
         self._seen: set[int] = set()  # partitions delivered so far (on_assigned)
@@ -273,40 +274,43 @@ class RabbitConsumer:
             )
         if not tags:
             return
-        unacked = self._unacked
-        fresh = [tag for tag in tags if tag in unacked]  # a record committed again: done
-        if not fresh:
-            return
-        unacked.difference_update(fresh)
-        finished, pending, alone = self._finished, self._pending, self._alone
-        finished.update(fresh)
-        last = None
-        while pending and pending[0] in finished:
-            tag = pending.popleft()
-            finished.discard(tag)
-            if tag in alone:
-                alone.discard(tag)
-            else:
-                last = tag
-        acks: list[tuple[int, bool]] = []
-        if last is not None:
-            acks.append((last, True))
-        for tag in fresh:
-            if tag in finished:  # behind one still in work: acknowledged on its own
-                acks.append((tag, False))
-                alone.add(tag)
-        try:
-            for tag, multiple in acks:
-                await channel.basic_ack(tag, multiple=multiple)
-        except CLIENT_ERRORS as exc:
-            if channel.is_closed:  # the broker redelivers what was not acknowledged
-                log.info(
-                    "rabbitmq: acknowledgements of %r lost with their channel: %s",
-                    self._destination,
-                    exc,
-                )
+        async with self._acking:  # one commit at a time: acks are computed against the sent ones
+            unacked = self._unacked
+            fresh = [tag for tag in tags if tag in unacked]  # a record committed again: done
+            if not fresh:
                 return
-            raise backend_error(self._server, f"acknowledge on {self._destination!r}", exc) from exc
+            unacked.difference_update(fresh)
+            finished, pending, alone = self._finished, self._pending, self._alone
+            finished.update(fresh)
+            last = None
+            while pending and pending[0] in finished:
+                tag = pending.popleft()
+                finished.discard(tag)
+                if tag in alone:
+                    alone.discard(tag)
+                else:
+                    last = tag
+            acks: list[tuple[int, bool]] = []
+            if last is not None:
+                acks.append((last, True))
+            for tag in fresh:
+                if tag in finished:  # behind one still in work: acknowledged on its own
+                    acks.append((tag, False))
+                    alone.add(tag)
+            try:
+                for tag, multiple in acks:
+                    await channel.basic_ack(tag, multiple=multiple)
+            except CLIENT_ERRORS as exc:
+                if channel.is_closed:  # the broker redelivers what was not acknowledged
+                    log.info(
+                        "rabbitmq: acknowledgements of %r lost with their channel: %s",
+                        self._destination,
+                        exc,
+                    )
+                    return
+                raise backend_error(
+                    self._server, f"acknowledge on {self._destination!r}", exc
+                ) from exc
 
     def pause(self) -> None:
         self._paused = True

@@ -73,3 +73,29 @@ def test_acks_of_a_closed_channel_are_dropped_not_raised(
 
     (record,) = run(scenario())
     assert record.value == b"only" and record.deliveries == 2
+
+
+def test_concurrent_commits_never_ack_a_tag_twice(rabbit_url: str, rabbit_prefix: str) -> None:
+    """Lanes commit at once: one's acks on their own must be sent before another's multiple
+    ack covers them, or the broker closes the channel on an unknown delivery tag."""
+    suite = _suite(rabbit_url, rabbit_prefix)
+
+    async def scenario() -> tuple[bool, list[InboundRecord]]:
+        async with suite.binder() as binder:
+            await binder.provision("d", 1, ["g"])
+            await suite.send_raw(binder, "d", [OutboundRecord(b"%d" % n) for n in range(5)])
+            consumer = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            r = await _fetch(consumer, 5)
+            await asyncio.gather(consumer.commit([r[1], r[2]]), consumer.commit([r[0], r[3]]))
+            await asyncio.sleep(0.3)  # a channel error would have come back by now
+            healthy = not consumer._underlay.is_closed
+            await consumer.close()
+            again = await binder.consumer(ConsumerSpec("d", "g"), IdleListener())
+            left = await fetch_records(again, 1)
+            await again.close()
+            await binder.delete("d", ["g"])
+            return healthy, left
+
+    healthy, left = run(scenario())
+    assert healthy, "the channel was closed by the broker"
+    assert [record.value for record in left] == [b"4"]

@@ -45,7 +45,7 @@ def _yaml_blocks() -> list[str]:
 def test_every_yaml_block_is_a_valid_configuration(block: str) -> None:
     document = yaml.safe_load(block)
     assert isinstance(document, dict) and "binder" in document
-    load_config(document, {}, plugins.option_models())
+    load_config(document, {}, plugins.option_models(), plugins.binding_option_models())
 
 
 def test_the_quickstart_yaml_is_the_quickstart_configuration() -> None:

@@ -29,6 +29,7 @@ modules built on it are imported when a binder is created and started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -67,6 +68,12 @@ has none. ``max_payload_bytes``: RabbitMQ's default ``max_message_size`` (128 Mi
 
 GET_ATTEMPTS = 40
 """``basic.get`` tries on the partition-count queue while another process holds its message."""
+
+
+def _alive(connection: Any) -> bool:
+    """Whether ``connection`` is open: aio-pika's plain connection, closed by the broker, only
+    clears its ``connected`` event (``is_closed`` stays false)."""
+    return connection is not None and not connection.is_closed and connection.connected.is_set()
 
 
 class Names:
@@ -147,12 +154,17 @@ class RabbitBinder:
 
     async def connection(self) -> Any:
         """The open connection, connecting (again) when there is none or it was lost."""
-        if self._connection is not None and not self._connection.is_closed:
+        if _alive(self._connection):
             return self._connection
         async with self._connecting:
-            if self._connection is not None and not self._connection.is_closed:
+            if _alive(self._connection):
                 return self._connection
             import aio_pika
+
+            lost, self._connection = self._connection, None
+            if lost is not None:  # closed by the broker or the network: let its tasks go
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(lost.close(), self.options.connect_timeout)
 
             from binders.rabbit.errors import backend_errors
 
@@ -169,7 +181,7 @@ class RabbitBinder:
                     raise ConfigError(
                         f"cannot read the url: {exc}", path=f"binder.binders.{self.name}.url"
                     ) from None
-            if self._connection is not None:
+            if lost is not None:
                 log.warning("rabbitmq at %s: reconnected", self.server)
             self._connection = connection
             self._topology = None
@@ -187,13 +199,16 @@ class RabbitBinder:
     async def channel(self, *, confirms: bool = False) -> Any:
         """A new aio-pika channel on the connection (with publisher confirms and returned
         messages raised when ``confirms``)."""
-        from binders.rabbit.errors import backend_errors
+        from binders.rabbit.errors import backend_error, backend_errors
 
         connection = await self.connection()
         with backend_errors(self.server, "open a channel"):
             channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
-            async with asyncio.timeout(self.options.connect_timeout):
-                await channel.initialize()
+            try:
+                async with asyncio.timeout(self.options.connect_timeout):
+                    await channel.initialize()
+            except RuntimeError as exc:  # the connection closed meanwhile ("... closed")
+                raise backend_error(self.server, "open a channel", exc) from exc
         return channel
 
     async def _declarer(self) -> Any:

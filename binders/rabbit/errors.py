@@ -18,7 +18,8 @@ CLIENT_ERRORS = (
     OSError,
     TimeoutError,
 )
-"""What the client raises when the broker fails, refuses, or cannot be reached."""
+"""What the client raises when the broker fails, refuses, or cannot be reached (a closed
+channel or connection is a ``ChannelInvalidStateError``, a ``RuntimeError``)."""
 
 
 def masked_url(url: str) -> str:

@@ -6,6 +6,8 @@
   deletes every queue and exchange starting with it afterwards (through ``rabbitmqctl``).
 - :func:`close_connections` closes a binder's connections from the broker's side, as an
   operator's ``rabbitmqctl close_connection`` would.
+- :func:`queues_info` is what ``rabbitmqctl list_queues`` says about queues (their
+  arguments, type, ready and unacknowledged messages), as the broker sees them.
 
 aio-pika is imported only inside the functions that use it, so the plugin loads without the
 ``rabbit`` extra.
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -29,6 +32,7 @@ __all__ = [
     "check_reachable",
     "close_connections",
     "delete_prefixed",
+    "queues_info",
     "rabbit_prefix",
     "rabbit_url",
     "rabbitmqctl",
@@ -95,6 +99,19 @@ def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
     return done.stdout
 
 
+def queues_info(prefix: str, *items: str) -> dict[str, dict[str, str]]:
+    """``rabbitmqctl list_queues`` of every queue whose name starts with ``prefix``: its
+    name → each of ``items`` (``arguments``, ``type``, ``messages_ready``,
+    ``messages_unacknowledged`` …) as the broker shows it."""
+    listed = rabbitmqctl("list_queues", "--no-table-headers", "name", *items)
+    found: dict[str, dict[str, str]] = {}
+    for line in listed.splitlines():
+        name, *values = line.split("\t")
+        if name.startswith(prefix):
+            found[name] = dict(zip(items, values, strict=True))
+    return found
+
+
 def _names(kind: str, prefix: str) -> list[str]:
     listed = rabbitmqctl(f"list_{kind}", "name")
     return [line for line in listed.splitlines() if line.startswith(prefix)]
@@ -104,7 +121,8 @@ def delete_prefixed(url: str, prefix: str) -> int:
     """Delete every queue and exchange whose name starts with ``prefix``; how many."""
     import asyncio
 
-    queues, exchanges = _names("queues", prefix), _names("exchanges", prefix)
+    with ThreadPoolExecutor(2) as pool:  # rabbitmqctl takes most of a second to start
+        queues, exchanges = pool.map(lambda kind: _names(kind, prefix), ("queues", "exchanges"))
     if not queues and not exchanges:
         return 0
 

@@ -108,6 +108,11 @@ class RabbitConsumer:
         self._channel: Any = None  # the aio-pika channel
         self._underlay: Any = None  # its aiormq channel
         self._partition_of: dict[str, int] = {}  # consumer tag -> partition
+        self._queue_of: dict[str, str] = {}  # consumer tag -> queue
+        self._active: set[str] = set()  # consumer tags not cancelled
+        self._careful: set[str] = set()  # consumer tags still at prefetch 1
+        self._widened = False  # basic.qos set to the full prefetch
+        self._single_active = False  # partition queues (x-single-active-consumer)
         self._buffer: deque[Any] = deque()
         self._pending: deque[int] = deque()  # delivery tags not yet acknowledged, in order
         self._unacked: set[int] = set()  # the same tags, to look up
@@ -129,20 +134,56 @@ class RabbitConsumer:
 
     async def open(self) -> None:
         """Declare the queues and subscribe: once this returns, every message published
-        later reaches this consumer (anonymous) or its group."""
+        later reaches this consumer (anonymous) or its group.
+
+        A group's queues are first consumed one message at a time (``basic.qos`` 1), so that
+        what a dead member left unacknowledged is redelivered and handled one by one: RabbitMQ
+        counts a delivery (``x-delivery-count``) for every unacknowledged message returned
+        when a consumer dies, so a message that kills its consumer must not be held with
+        others. Once a message that was not redelivered has been handled, its queue is consumed
+        again with the full prefetch (:meth:`_widen`). Not partition queues: RabbitMQ 3.10
+        crashes a single-active-consumer classic queue whose consumer is cancelled and made
+        again, so those are consumed with the full prefetch from the start."""
         binder, spec = self._binder, self._spec
         queues = await self._queues()
         self._channel = await binder.channel()
+        careful = self._group is not None and not self._single_active
         with backend_errors(self._server, f"subscribe to {self._destination!r}"):
             channel = self._underlay = await self._channel.get_underlay_channel()
             async with asyncio.timeout(binder.options.connect_timeout):
-                await channel.basic_qos(prefetch_count=self._prefetch)
+                await channel.basic_qos(prefetch_count=1 if careful else self._prefetch)
+                self._widened = not careful
                 for queue, partition in queues:
                     ok = await channel.basic_consume(queue, self._on_message, no_ack=False)
-                    self._partition_of[ok.consumer_tag] = partition
+                    self._subscribed(ok.consumer_tag, queue, partition)
+                    if careful:
+                        self._careful.add(ok.consumer_tag)
         channel.closing.add_done_callback(self._on_channel_closed)
         if spec.instance_count > 1:
             await self._listener.on_assigned({p for _, p in queues})
+
+    def _subscribed(self, tag: str, queue: str, partition: int) -> None:
+        self._partition_of[tag] = partition
+        self._queue_of[tag] = queue
+        self._active.add(tag)
+
+    async def _widen(self, tag: str) -> None:
+        """Consume the queue of subscription ``tag`` with the full prefetch: cancel ``tag`` and
+        subscribe again (``basic.qos`` applies to subscriptions made after it). Called
+        while the message that ends the careful start is handled but not yet acknowledged, so
+        nothing more was delivered to ``tag``."""
+        if tag not in self._careful:  # widened by a commit made meanwhile
+            return
+        channel = self._underlay
+        self._careful.discard(tag)
+        if not self._widened:
+            await channel.basic_qos(prefetch_count=self._prefetch)
+            self._widened = True
+        queue, partition = self._queue_of[tag], self._partition_of[tag]
+        self._active.discard(tag)
+        await channel.basic_cancel(tag)
+        ok = await channel.basic_consume(queue, self._on_message, no_ack=False)
+        self._subscribed(ok.consumer_tag, queue, partition)
 
     async def _queues(self) -> list[tuple[str, int]]:
         """The queues to consume, each with its partition (-1: taken from the routing key)."""
@@ -165,6 +206,7 @@ class RabbitConsumer:
             await binder.declare_letters_queue(destination, self._options)
             return [(destination, 0)]
         queues = await binder.declare_group(destination, self._group, count, self._options)
+        self._single_active = count > 1
         return [
             (queue, p)
             for p, queue in enumerate(queues)
@@ -247,7 +289,7 @@ class RabbitConsumer:
             key,
             headers,
             stamp.timestamp() if stamp is not None else None,
-            (message.channel, delivery.delivery_tag),
+            (message.channel, delivery.delivery_tag, delivery.consumer_tag, deliveries == 1),
             deliveries=deliveries,
         )
 
@@ -255,10 +297,13 @@ class RabbitConsumer:
         channel = self._underlay
         tags: list[int] = []
         stale = 0
+        widen: set[str] = set()
         for record in records:
-            owner, tag = record.token
+            owner, tag, subscription, fresh = record.token
             if owner is channel:
                 tags.append(tag)
+                if fresh and subscription in self._careful:
+                    widen.add(subscription)
             else:
                 stale += 1
         if channel is None or channel.is_closed:
@@ -298,6 +343,8 @@ class RabbitConsumer:
                     acks.append((tag, False))
                     alone.add(tag)
             try:
+                for subscription in widen:  # before the ack: nothing more is delivered to it
+                    await self._widen(subscription)
                 for tag, multiple in acks:
                     await channel.basic_ack(tag, multiple=multiple)
             except CLIENT_ERRORS as exc:
@@ -334,7 +381,7 @@ class RabbitConsumer:
             return
         try:
             async with asyncio.timeout(self._binder.options.connect_timeout):
-                for tag in list(self._partition_of):
+                for tag in list(self._active):
                     await underlay.basic_cancel(tag)
                 await channel.close()
         except (TimeoutError, *CLIENT_ERRORS) as exc:

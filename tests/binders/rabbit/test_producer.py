@@ -3,7 +3,10 @@ the default), naming the exchange and the routing key, or is dropped (``unroutab
 
 from __future__ import annotations
 
+import asyncio
+
 import aio_pika
+import orjson
 import pytest
 
 from binder.errors import BackendError
@@ -55,3 +58,36 @@ def test_with_unroutable_drop_a_send_no_queue_is_bound_for_succeeds(
             return queue.declaration_result.message_count
 
     assert run(scenario()) == 1
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["one-write", "basic-publish"])
+def test_a_burst_arrives_whole_and_in_order_on_either_publish_path(
+    rabbit: Conformance, destination: str, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    """Windows of publishes written at once (the binder's own bookkeeping on aiormq's channel)
+    or, on an aiormq without it, one ``basic_publish`` each: the same messages, in order, and an
+    unroutable one still fails its send."""
+    import binders.rabbit.producer as producer
+
+    if not batched:
+        monkeypatch.setattr(producer, "_batchable", lambda channel: False)
+    total = 2 * producer.WINDOW + 7
+    sender = {"sender": {"destination": destination, "producer": {"required-groups": ["g"]}}}
+
+    async def scenario() -> list[int]:
+        async with rabbit.app(sender) as app:
+            await asyncio.gather(*(app.send("sender", {"n": n}, key=f"k{n}") for n in range(total)))
+            with pytest.raises(BackendError, match="unroutable"):
+                await app.send(f"{destination}-nobody", {"n": -1})
+        rabbit.declare(f"{destination}-nobody")
+        async with await aio_pika.connect(rabbit.binder_config["url"]) as connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(f"{destination}.g")
+            seen = []
+            while len(seen) < total:
+                message = await queue.get(no_ack=True, timeout=5)
+                seen.append(orjson.loads(message.body)["n"])
+                assert message.headers["x-key"] == f"k{seen[-1]}"
+            return seen
+
+    assert run(scenario()) == list(range(total))

@@ -24,6 +24,7 @@ from binder.functions import (
     check_bindings,
     parse_definition,
 )
+from binder.health import HealthServer, health
 from binder.invoke import Invoker
 from binder.outputs import Observer, OutputBinding
 from binder.retry import RetryPolicy, dead_letter_destination
@@ -57,9 +58,15 @@ class App:
     """
 
     def __init__(
-        self, config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        metrics_registry: Any = None,
     ) -> None:
         self._environ = environ
+        self.metrics_registry = metrics_registry
+        """The ``prometheus_client`` registry ``/metrics`` serves (``None``: the default one)."""
         self.config: BinderSection = load_config(
             config, environ, plugins.option_models(), plugins.binding_option_models()
         )
@@ -235,6 +242,18 @@ class App:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        served = self.config.metrics
+        server = None
+        if served.port is not None:
+            server = HealthServer(self.health, self._metrics_text(), served.host, served.port)
+            await server.start()
+        try:
+            return await self._serve_until(stop)
+        finally:
+            if server is not None:
+                await server.close()
+
+    async def _serve_until(self, stop: asyncio.Event) -> BaseException | None:
         async with self:
             log.info("running: %s", ", ".join(self._bindings) or "no bindings")
             fatal = self._fatal_future()
@@ -350,6 +369,21 @@ class App:
     def bindings(self) -> dict[str, InputBinding | SupplierBinding]:
         """Running input and supplier bindings by name (each can stop/start/pause/resume)."""
         return dict(self._bindings)
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "up"|"down", "bindings": {name: {"state": ..., "error": ...}}}``:
+        ``up`` when every binding is ``running`` or ``paused`` (what ``GET /health/ready``
+        of ``binder run --metrics-port`` answers, 200 when up, else 503)."""
+        return health(self._bindings)
+
+    def _metrics_text(self) -> Callable[[], bytes] | None:
+        """What ``/metrics`` serves, or ``None`` without ``prometheus_client``."""
+        try:
+            import prometheus_client
+        except ImportError:
+            return None
+        registry = self.metrics_registry or prometheus_client.REGISTRY
+        return lambda: prometheus_client.generate_latest(registry)
 
     def binding(self, name: str) -> InputBinding | SupplierBinding:
         """The running binding called ``name``; KeyError naming the known ones otherwise."""

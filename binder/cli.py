@@ -1,7 +1,8 @@
 """The ``binder`` command (also ``python -m binder``).
 
 ``binder --version``                       the installed version
-``binder run module:app [--config FILE] [--log-level LEVEL] [--log-format text]``
+``binder run module:app [--config FILE] [--log-level LEVEL] [--log-format text]
+[--metrics-port P]``
                                            run an app until SIGINT/SIGTERM; ``stopped`` is
                                            its last log line; exit 1 when a binding failed
                                            under ``on-binding-failure: exit``
@@ -81,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     app = _load_app(args.target)
     if args.config:
         app.reconfigure(load_yaml(args.config))
+    if args.metrics_port is not None:
+        app.config.metrics.port = args.metrics_port
     try:
         app.run()
     except SystemExit as exc:  # on-binding-failure: exit
@@ -150,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-format", choices=["text"], default="text", help="log line format (default text)"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /health/live and /health/ready on this port (host: "
+        "binder.metrics.host, default 127.0.0.1; 0: any free port, logged)",
     )
     run.set_defaults(handler=_run)
     check = commands.add_parser(

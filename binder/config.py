@@ -71,6 +71,7 @@ __all__ = [
     "BindingConfig",
     "ConsumerOptions",
     "Duration",
+    "MetricsConfig",
     "ProducerOptions",
     "Settings",
     "load_config",
@@ -307,6 +308,15 @@ def normalize_binding_name(name: str) -> str:
     return normalize_key(name)
 
 
+class MetricsConfig(_Model):
+    """``binder.metrics``: where ``binder run`` serves ``/metrics`` and ``/health/*``."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    """``None``: not served (``binder run --metrics-port`` sets it); ``0``: any free port."""
+    host: str = "127.0.0.1"
+    """The address to listen on; loopback unless set (``0.0.0.0`` for every interface)."""
+
+
 class BinderSection(_Model):
     """The ``binder:`` section: active functions, binders and bindings."""
 
@@ -317,6 +327,7 @@ class BinderSection(_Model):
     binders: dict[str, BinderEntry] = Field(default_factory=dict, validate_default=True)
     """Without any configured: ``{"local": {"type": "log"}}``."""
     bindings: dict[str, BindingConfig] = Field(default_factory=dict)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     on_binding_failure: Literal["restart", "exit"] = "restart"
     """What a binding that cannot go on does: ``restart`` (its consumer is replaced after a
     back-off, 1 s doubling to 30 s) or ``exit`` (``app.run()`` stops the app and exits

@@ -1,0 +1,171 @@
+"""Health: ``app.health()``, and ``/health/live``, ``/health/ready`` and ``/metrics`` of a real
+``binder run`` process over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from binder import App, BindingState
+from binder.bindings import InputBinding
+from binder.health import HealthServer
+from binders.log.engine import Broker
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def broker() -> Any:
+    name = f"health-{uuid.uuid4().hex}"
+    yield name
+    Broker.forget(name)
+
+
+async def _state_after(binding: InputBinding, wanted: BindingState, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while binding.state is not wanted and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return binding.state
+
+
+def test_health_is_up_while_bindings_run_or_pause_and_down_when_one_fails(broker: str) -> None:
+    bindings = {"sink-in-0": {"destination": "in", "group": "g"}}
+    doc = {"binders": {"local": {"type": "log", "broker": broker}}, "bindings": bindings}
+    app = App(config={"binder": doc}, environ={})
+    app.consumer(lambda payload: None, name="sink")
+
+    async def scenario() -> list[dict[str, Any]]:
+        seen = []
+        async with app:
+            binding = app.binding("sink-in-0")
+            assert isinstance(binding, InputBinding)
+            seen.append(app.health())
+            binding.pause()
+            seen.append(app.health())
+            binding.resume()
+            Broker.forget(broker)  # the backend goes away: the binding fails, then restarts
+            await _state_after(binding, BindingState.FAILED)
+            seen.append(app.health())
+        return seen
+
+    running, paused, failed = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert running == {
+        "status": "up",
+        "bindings": {"sink-in-0": {"state": "running", "error": None}},
+    }
+    assert paused["status"] == "up" and paused["bindings"]["sink-in-0"]["state"] == "paused"
+    assert failed["status"] == "down"
+    entry = failed["bindings"]["sink-in-0"]
+    assert entry["state"] == "failed" and entry["error"]
+
+
+def test_the_server_answers_health_metrics_and_nothing_else() -> None:
+    report = {"status": "down", "bindings": {"b": {"state": "failed", "error": "boom"}}}
+
+    async def scenario() -> dict[str, tuple[int, bytes]]:
+        server = HealthServer(lambda: report, lambda: b"m 1\n", port=0)
+        await server.start()
+        try:
+            return {
+                path: await asyncio.to_thread(_get, f"http://127.0.0.1:{server.port}{path}")
+                for path in ("/health/live", "/health/ready", "/metrics", "/nope")
+            }
+        finally:
+            await server.close()
+
+    answers = asyncio.run(scenario())
+    assert answers["/health/live"][0] == 200
+    assert answers["/health/ready"] == (503, json.dumps(report, separators=(",", ":")).encode())
+    assert answers["/metrics"] == (200, b"m 1\n")
+    assert answers["/nope"][0] == 404
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_binder_run_serves_health_and_metrics_on_its_metrics_port(tmp_path: Path) -> None:
+    (tmp_path / "healthapp.py").write_text(
+        textwrap.dedent("""
+        from binder import App
+        app = App()
+
+        @app.consumer
+        def sink(value):
+            pass
+        """),
+        encoding="utf-8",
+    )
+    config = tmp_path / "app.yml"
+    config.write_text("binder:\n  bindings:\n    sink-in-0: {destination: in, group: g}\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    command = [sys.executable, "-m", "binder", "run", "healthapp:app", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*command, "--metrics-port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        port = None
+        for line in proc.stderr:
+            found = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+            if "running:" in line:
+                break
+        assert port is not None, "the metrics port was logged"
+        base = f"http://127.0.0.1:{port}"
+        assert _get(f"{base}/health/live")[0] == 200
+        status, body = _get(f"{base}/health/ready")
+        assert status == 200
+        assert json.loads(body) == {
+            "status": "up",
+            "bindings": {"sink-in-0": {"state": "running", "error": None}},
+        }
+        status, text = _get(f"{base}/metrics")
+        assert status == 200 and b"python_info" in text, "the default registry, as text"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    assert proc.returncode == 0, rest
+
+
+def test_without_prometheus_client_metrics_answer_501_naming_the_extra() -> None:
+    async def scenario() -> tuple[int, bytes]:
+        server = HealthServer(lambda: {"status": "up", "bindings": {}}, None, port=0)
+        await server.start()
+        try:
+            return await asyncio.to_thread(_get, f"http://127.0.0.1:{server.port}/metrics")
+        finally:
+            await server.close()
+
+    status, body = asyncio.run(scenario())
+    assert status == 501 and b"streambinder[metrics]" in body
+
+
+def test_the_metrics_port_and_host_are_configuration_keys() -> None:
+    app = App(config={"binder": {"metrics": {"port": 9464, "host": "0.0.0.0"}}}, environ={})
+    assert (app.config.metrics.port, app.config.metrics.host) == (9464, "0.0.0.0")
+    env = App(config=None, environ={"BINDER_METRICS__PORT": "9100"})
+    assert env.config.metrics.port == 9100 and env.config.metrics.host == "127.0.0.1"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from binder import plugins
+from binder import metrics, plugins
 from binder.bindings import BindingState, InputBinding, SupplierBinding
 from binder.config import BinderSection, BindingConfig, load_config, load_yaml
 from binder.converters import ConverterRegistry
@@ -181,6 +181,7 @@ class App:
         if self._started:
             return
         self._started = True
+        metrics.register(self, self.metrics_registry)
         try:
             self._pipelines = parse_definition(self.config.function_definition, self.functions)
             self._check_binding_names()
@@ -209,6 +210,7 @@ class App:
             await _quietly(output.close())
         for binder in self._binders.values():
             await _quietly(binder.close())
+        metrics.unregister(self, self.metrics_registry)
         self._reset()
 
     async def __aenter__(self) -> App:
@@ -369,6 +371,10 @@ class App:
     def bindings(self) -> dict[str, InputBinding | SupplierBinding]:
         """Running input and supplier bindings by name (each can stop/start/pause/resume)."""
         return dict(self._bindings)
+
+    def outputs(self) -> list[OutputBinding]:
+        """Every output binding opened so far (functions' outputs, dead letters, ``app.send``)."""
+        return [*self._outputs.values(), *self._send_outputs.values()]
 
     def health(self) -> dict[str, Any]:
         """``{"status": "up"|"down", "bindings": {name: {"state": ..., "error": ...}}}``:

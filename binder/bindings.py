@@ -28,6 +28,7 @@ from typing import Any
 
 from binder.errors import BackendError, ConversionError, DeliveryLimitExceeded
 from binder.invoke import Invoker
+from binder.metrics import InputStats
 from binder.ordering import AckTracker, lane_of
 from binder.outputs import OutputBinding
 from binder.retry import RetryPolicy, dead_letter_record
@@ -106,6 +107,8 @@ class InputBinding(_Lifecycle):
     ) -> None:
         super().__init__(name)
         self.spec = spec
+        self.stats = InputStats()
+        """Messages received and finished by outcome (``streambinder_messages_*_total``)."""
         self.binder = binder
         self.invoker = invoker
         self.output = output
@@ -285,6 +288,7 @@ class InputBinding(_Lifecycle):
                     self._fetching = False
                 if not records:
                     return
+                self.stats.received += len(records)
                 self._restart_delay = self.RESTART_INITIAL  # working again
                 if self._lanes:
                     self._tracker.track(records)
@@ -399,6 +403,7 @@ class InputBinding(_Lifecycle):
                 )
                 await self._deliver_each(records, outgoing, ends)
                 return
+        self.stats.ok += len(records)
         await self._complete(records)
 
     async def _deliver_each(
@@ -411,6 +416,7 @@ class InputBinding(_Lifecycle):
             except Exception as exc:
                 await self._recover([record], exc)
             else:
+                self.stats.ok += 1
                 await self._complete((record,))
             begin = end
 
@@ -537,6 +543,8 @@ class InputBinding(_Lifecycle):
                 await self._send(outgoing)
             except Exception as exc:
                 await self._recover(batch, exc, complete=False)
+            else:
+                self.stats.ok += len(batch)
         await self._complete(records)
 
     async def _run_batch(
@@ -573,6 +581,7 @@ class InputBinding(_Lifecycle):
             attempt -= 1  # the attempts that failed: this delivery's was not made
         while self.policy.should_retry(exc, attempt):
             delay = self.policy.delay(attempt)
+            self.stats.retried += len(records)
             self._log_retry(records, exc, attempt, delay)
             if await self._sleep(delay):
                 raise _Abandon
@@ -582,6 +591,7 @@ class InputBinding(_Lifecycle):
             except Exception as again:
                 exc = again
                 continue
+            self.stats.ok += len(records)
             if complete:
                 await self._complete(records)
             return
@@ -627,6 +637,7 @@ class InputBinding(_Lifecycle):
         kind = "undecodable" if isinstance(exc, ConversionError) else "failed"
         extra = self._extra(records)
         if self.dead_letters is None:
+            self.stats.dropped += len(records)
             log.error(
                 "%s: dropping %d %s message(s) after %d attempt(s): %s",
                 self.name,
@@ -653,6 +664,7 @@ class InputBinding(_Lifecycle):
         while True:
             try:
                 await self.dead_letters.send_records(letters)
+                self.stats.dead_lettered += len(records)
                 return
             except Exception as send_error:
                 log.error(

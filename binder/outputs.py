@@ -27,6 +27,7 @@ from typing import Any
 from binder.converters import ConverterRegistry
 from binder.errors import ClosedError, ConversionError
 from binder.message import CONTENT_TYPE, TOMBSTONE, decode_key, key_bytes, normalize_headers
+from binder.metrics import OutputStats
 from binder.partitioning import KeyExpression, partition_key, select_partition
 from binder.spi import Binder, OutboundRecord, Producer, ProducerSpec
 
@@ -65,6 +66,8 @@ class OutputBinding:
         """The destination whose dead letters this output sends, if it is a dead-letter one."""
         self.binder_options = binder_options
         """The binding's binder-specific ``producer:`` keys, given to provisioning."""
+        self.stats = OutputStats()
+        """Records sent and failed (``streambinder_messages_sent_total``, ...)."""
         self._converters = converters
         self._observers = observers if observers is not None else []
         self._count = partition_count  # the destination's real partition count once started
@@ -247,7 +250,12 @@ class OutputBinding:
             assert producer is not None
         if self.dead_letters_of is not None:
             self._keep_or_place(records)
-        await producer.send_batch(records)
+        try:
+            await producer.send_batch(records)
+        except Exception:
+            self.stats.errors += len(records)
+            raise
+        self.stats.sent += len(records)
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)

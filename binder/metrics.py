@@ -1,0 +1,137 @@
+"""Prometheus metrics of the running apps, read from the bindings' own counters when scraped.
+
+Bindings count in plain integers as they work (:class:`InputStats`, :class:`OutputStats`);
+nothing in the message path touches ``prometheus_client``. One collector per registry reads
+every live app registered with it at scrape time (:func:`register`), so apps sharing the
+default registry give one set of series. ``prometheus_client`` is imported only here, when an
+app starts with it installed (the ``metrics`` extra).
+
+Series (names and labels as the contract gives them):
+``streambinder_messages_received_total{binding,destination,group}``,
+``streambinder_messages_processed_total{binding,destination,group,outcome}`` (``ok``,
+``retried``: an attempt that failed and will be retried, ``dead_lettered``, ``dropped``),
+``streambinder_messages_sent_total{destination}``,
+``streambinder_send_errors_total{destination}``, ``streambinder_binding_up{binding}``.
+The group of an anonymous consumer is ``anonymous``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from binder.app import App
+
+__all__ = ["OUTCOMES", "InputStats", "OutputStats", "register", "unregister"]
+
+OUTCOMES = ("ok", "retried", "dead_lettered", "dropped")
+ANONYMOUS = "anonymous"
+
+
+@dataclass(slots=True)
+class InputStats:
+    """What an input binding did, counted as it happens (messages, not batches)."""
+
+    received: int = 0
+    ok: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class OutputStats:
+    """Records an output sent (accepted by the backend) and failed to send."""
+
+    sent: int = 0
+    errors: int = 0
+
+
+class _AppsCollector:
+    """Every live app of one registry, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        received = CounterMetricFamily(
+            "streambinder_messages_received",
+            "Messages an input binding received from its backend.",
+            labels=["binding", "destination", "group"],
+        )
+        processed = CounterMetricFamily(
+            "streambinder_messages_processed",
+            "Messages an input binding finished, by outcome (retried: a failed attempt that "
+            "will be retried).",
+            labels=["binding", "destination", "group", "outcome"],
+        )
+        sent = CounterMetricFamily(
+            "streambinder_messages_sent",
+            "Records the backend accepted, by destination.",
+            labels=["destination"],
+        )
+        errors = CounterMetricFamily(
+            "streambinder_send_errors",
+            "Records whose send failed, by destination.",
+            labels=["destination"],
+        )
+        up = GaugeMetricFamily(
+            "streambinder_binding_up",
+            "1 while the binding is running, else 0.",
+            labels=["binding"],
+        )
+        outputs: dict[str, OutputStats] = {}
+        for app in list(self.apps):
+            for name, binding in app.bindings.items():
+                up.add_metric([name], 1.0 if str(binding.state) == "running" else 0.0)
+                stats = getattr(binding, "stats", None)
+                if stats is None:
+                    continue
+                labels = [name, binding.destination, binding.group or ANONYMOUS]
+                received.add_metric(labels, stats.received)
+                for outcome in OUTCOMES:
+                    processed.add_metric([*labels, outcome], getattr(stats, outcome))
+            for output in app.outputs():
+                total = outputs.setdefault(output.destination, OutputStats())
+                total.sent += output.stats.sent
+                total.errors += output.stats.errors
+        for destination, total in outputs.items():
+            sent.add_metric([destination], total.sent)
+            errors.add_metric([destination], total.errors)
+        yield from (received, processed, sent, errors, up)
+
+
+_COLLECTORS: weakref.WeakKeyDictionary[Any, _AppsCollector] = weakref.WeakKeyDictionary()
+
+
+def register(app: App, registry: Any) -> bool:
+    """Add ``app`` to the collector of ``registry`` (``None``: the default one), making it
+    on first use; ``False`` when ``prometheus_client`` is not installed."""
+    try:
+        import prometheus_client
+    except ImportError:
+        return False
+    registry = registry if registry is not None else prometheus_client.REGISTRY
+    collector = _COLLECTORS.get(registry)
+    if collector is None:
+        collector = _COLLECTORS[registry] = _AppsCollector()
+        registry.register(collector)
+    collector.apps.add(app)
+    return True
+
+
+def unregister(app: App, registry: Any) -> None:
+    """Stop reading ``app`` (it stopped); nothing when it was not registered."""
+    try:
+        import prometheus_client
+    except ImportError:
+        return
+    registry = registry if registry is not None else prometheus_client.REGISTRY
+    collector = _COLLECTORS.get(registry)
+    if collector is not None:
+        collector.apps.discard(app)

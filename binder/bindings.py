@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -438,6 +439,8 @@ class InputBinding(_Lifecycle):
         outgoing: list[OutboundRecord] = []
         ends: list[int] = []
         make = self.output.record if self.output is not None else None
+        took, clock = self.stats.took, time.perf_counter
+        started = clock()
         for done, record in enumerate(records):
             if stopping():  # finish the message in hand, start no new one
                 return done, outgoing, ends, None
@@ -451,6 +454,9 @@ class InputBinding(_Lifecycle):
             except Exception as exc:
                 return done, outgoing, ends, exc
             ends.append(len(outgoing))
+            now = clock()
+            took(now - started)
+            started = now
         return len(records), outgoing, ends, None
 
     async def _attempt_async(self, records: Sequence[InboundRecord]) -> _Attempt:
@@ -465,9 +471,11 @@ class InputBinding(_Lifecycle):
         outgoing: list[OutboundRecord] = []
         ends: list[int] = []
         stopping = self._stopping_check()
+        took, clock = self.stats.took, time.perf_counter
         for done, record in enumerate(records):
             if stopping():
                 return done, outgoing, ends, None
+            started = clock()
             try:
                 attempt = record.deliveries
                 if attempt != 1 and attempt > limit:
@@ -477,6 +485,7 @@ class InputBinding(_Lifecycle):
             except Exception as exc:
                 return done, outgoing, ends, exc
             ends.append(len(outgoing))
+            took(clock() - started)
         return len(records), outgoing, ends, None
 
     async def _attempt_direct(self, records: Sequence[InboundRecord]) -> _Attempt:
@@ -489,9 +498,11 @@ class InputBinding(_Lifecycle):
         stopping = self._stopping_check()
         outgoing: list[OutboundRecord] = []
         ends: list[int] = []
+        took, clock = self.stats.took, time.perf_counter
         for done, record in enumerate(records):
             if stopping():
                 return done, outgoing, ends, None
+            started = clock()
             if record.deliveries != 1:  # delivered before: numbered attempts from here on
                 base = len(outgoing)
                 more, tail, tail_ends, failure = await self._attempt_each(records[done:])
@@ -510,6 +521,7 @@ class InputBinding(_Lifecycle):
                 except Exception as exc:
                     return done, outgoing, ends, exc
             ends.append(len(outgoing))
+            took(clock() - started)
         return len(records), outgoing, ends, None
 
     def _stopping_check(self) -> Callable[[], bool]:
@@ -538,6 +550,7 @@ class InputBinding(_Lifecycle):
                     await self._give_up([record], self._over_limit(record), record.deliveries - 1)
             batch = [r for r in records if r.deliveries <= limit]
         if batch:
+            started = time.perf_counter()
             try:
                 outgoing = await self._run_batch(batch, max(r.deliveries for r in batch))
                 await self._send(outgoing)
@@ -545,6 +558,7 @@ class InputBinding(_Lifecycle):
                 await self._recover(batch, exc, complete=False)
             else:
                 self.stats.ok += len(batch)
+            self.stats.took(time.perf_counter() - started)
         await self._complete(records)
 
     async def _run_batch(
@@ -576,6 +590,16 @@ class InputBinding(_Lifecycle):
 
         The failed attempt was the records' delivery count (1 unless the backend delivered
         them before); over the limit, none was made."""
+        started = time.perf_counter()
+        try:
+            await self._retry(records, exc, complete=complete)
+        finally:
+            if not self.invoker.batch:  # a batch is timed whole by _process_batch
+                self.stats.took(time.perf_counter() - started)
+
+    async def _retry(
+        self, records: Sequence[InboundRecord], exc: BaseException, *, complete: bool
+    ) -> None:
         attempt = max(r.deliveries for r in records)
         if isinstance(exc, DeliveryLimitExceeded):
             attempt -= 1  # the attempts that failed: this delivery's was not made

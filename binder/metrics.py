@@ -10,6 +10,7 @@ Series (names and labels as the contract gives them):
 ``streambinder_messages_received_total{binding,destination,group}``,
 ``streambinder_messages_processed_total{binding,destination,group,outcome}`` (``ok``,
 ``retried``: an attempt that failed and will be retried, ``dead_lettered``, ``dropped``),
+``streambinder_process_seconds{binding}`` (a histogram: buckets from 100 µs, :data:`BOUNDS`),
 ``streambinder_messages_sent_total{destination}``,
 ``streambinder_send_errors_total{destination}``, ``streambinder_binding_up{binding}``.
 The group of an anonymous consumer is ``anonymous``.
@@ -17,29 +18,44 @@ The group of an anonymous consumer is ``anonymous``.
 
 from __future__ import annotations
 
+import bisect
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from binder.app import App
 
-__all__ = ["OUTCOMES", "InputStats", "OutputStats", "register", "unregister"]
+__all__ = ["BOUNDS", "OUTCOMES", "InputStats", "OutputStats", "register", "unregister"]
 
 OUTCOMES = ("ok", "retried", "dead_lettered", "dropped")
 ANONYMOUS = "anonymous"
+BOUNDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of ``streambinder_process_seconds``' buckets, then ``+Inf``: from
+100 µs, since a message is often handled in microseconds."""
 
 
 @dataclass(slots=True)
 class InputStats:
-    """What an input binding did, counted as it happens (messages, not batches)."""
+    """What an input binding did, counted as it happens (messages, not batches), and how long
+    its messages (batches in batch mode) took to handle."""
 
     received: int = 0
     ok: int = 0
     retried: int = 0
     dead_lettered: int = 0
     dropped: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS) + 1))
+    seconds: float = 0.0
+
+    def took(self, seconds: float) -> None:
+        """One message (or batch) handled in ``seconds``."""
+        self.buckets[bisect.bisect_left(BOUNDS, seconds)] += 1
+        self.seconds += seconds
 
 
 @dataclass(slots=True)
@@ -57,7 +73,11 @@ class _AppsCollector:
         self.apps: weakref.WeakSet[App] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         received = CounterMetricFamily(
             "streambinder_messages_received",
@@ -80,6 +100,11 @@ class _AppsCollector:
             "Records whose send failed, by destination.",
             labels=["destination"],
         )
+        took = HistogramMetricFamily(
+            "streambinder_process_seconds",
+            "Seconds one message (one batch in batch mode) took to handle, retries included.",
+            labels=["binding"],
+        )
         up = GaugeMetricFamily(
             "streambinder_binding_up",
             "1 while the binding is running, else 0.",
@@ -96,6 +121,7 @@ class _AppsCollector:
                 received.add_metric(labels, stats.received)
                 for outcome in OUTCOMES:
                     processed.add_metric([*labels, outcome], getattr(stats, outcome))
+                took.add_metric([name], _cumulative(stats.buckets), stats.seconds)
             for output in app.outputs():
                 total = outputs.setdefault(output.destination, OutputStats())
                 total.sent += output.stats.sent
@@ -103,7 +129,16 @@ class _AppsCollector:
         for destination, total in outputs.items():
             sent.add_metric([destination], total.sent)
             errors.add_metric([destination], total.errors)
-        yield from (received, processed, sent, errors, up)
+        yield from (received, processed, took, sent, errors, up)
+
+
+def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:
+    """``(upper bound, messages at most that long)`` per bucket, ``+Inf`` last."""
+    total, rows = 0, []
+    for bound, count in zip((*map(str, BOUNDS), "+Inf"), buckets, strict=True):
+        total += count
+        rows.append((bound, float(total)))
+    return rows
 
 
 _COLLECTORS: weakref.WeakKeyDictionary[Any, _AppsCollector] = weakref.WeakKeyDictionary()

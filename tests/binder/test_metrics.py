@@ -77,6 +77,12 @@ def test_counters_move_as_messages_flow_and_fail(broker: str) -> None:
                     group="anonymous",
                 ),
                 "up": _value(registry, "streambinder_binding_up", binding="check-in-0"),
+                "timed": _value(
+                    registry, "streambinder_process_seconds_count", binding="check-in-0"
+                ),
+                "slowest bucket": _value(
+                    registry, "streambinder_process_seconds_bucket", binding="check-in-0", le="+Inf"
+                ),
             }
             return figures, generate_latest(registry)
 
@@ -92,6 +98,8 @@ def test_counters_move_as_messages_flow_and_fail(broker: str) -> None:
         "sent letters": 1.0,
         "watch anonymous": 4.0,
         "up": 1.0,
+        "timed": 5.0,
+        "slowest bucket": 5.0,
     }
     assert b'streambinder_messages_processed_total{binding="check-in-0"' in text
     after = _value(registry, "streambinder_binding_up", binding="check-in-0")

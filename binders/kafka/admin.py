@@ -22,7 +22,7 @@ from binders.kafka.options import KafkaOptions
 
 __all__ = ["Provisioner"]
 
-log = logging.getLogger("binders.kafka.admin")
+log = logging.getLogger("binder.kafka.admin")
 
 _TOPIC_EXISTS = 36
 _UNKNOWN_TOPIC = 3

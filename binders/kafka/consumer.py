@@ -33,7 +33,7 @@ from binders.kafka.errors import CLIENT_ERRORS, backend_error, backend_errors
 
 __all__ = ["KafkaConsumer", "assignors"]
 
-log = logging.getLogger("binders.kafka.consumer")
+log = logging.getLogger("binder.kafka.consumer")
 
 _POLL_MS = 1000
 """Longest one ``getmany`` waits; ``fetch`` loops, so this only bounds how often it looks up."""

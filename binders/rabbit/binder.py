@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CAPABILITIES", "RABBIT_BINDER_TYPE", "Names", "RabbitBinder", "queue_arguments"]
 
-log = logging.getLogger("binders.rabbit.binder")
+log = logging.getLogger("binder.rabbit.binder")
 
 CAPABILITIES = Capabilities(
     consumer_groups=True,

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RabbitConsumer", "key_of", "text_of"]
 
-log = logging.getLogger("binders.rabbit.consumer")
+log = logging.getLogger("binder.rabbit.consumer")
 
 DELIVERY_COUNT = "x-delivery-count"
 PREFETCH_LIMIT = 65_535

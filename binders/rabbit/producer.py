@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KEY", "KEY_ENCODING", "Publisher", "RabbitProducer", "key_headers"]
 
-log = logging.getLogger("binders.rabbit.producer")
+log = logging.getLogger("binder.rabbit.producer")
 
 KEY = "x-key"
 KEY_ENCODING = "x-key-encoding"

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisConsumer"]
 
-log = logging.getLogger("binders.redis.consumer")
+log = logging.getLogger("binder.redis.consumer")
 
 _JSON = {"contentType": "application/json"}
 _NO_HEADERS: dict[str, str] = {}

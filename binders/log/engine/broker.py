@@ -74,7 +74,7 @@ __all__ = [
     "memory_logs",
 ]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 
 _registry_lock = threading.Lock()

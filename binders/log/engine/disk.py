@@ -50,7 +50,7 @@ from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = ["TAIL_CACHE_BYTES", "DiskPartitionLog", "TopicPolicy"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 TAIL_CACHE_BYTES = 4 * 1024 * 1024
 """Encoded bytes of recent batches a partition keeps ready to read in memory."""

@@ -47,7 +47,7 @@ __all__ = [
     "write_json",
 ]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 FORMAT = 1
 WATCH_INTERVAL = 0.05

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Member", "MembershipFactory", "PartitionsCallback", "SharedGroup", "Start"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 Start = Literal["earliest", "latest"]
 PartitionsCallback = Callable[[set[int]], Awaitable[None]]

@@ -39,7 +39,7 @@ from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = ["DiskOffsetStore", "read_group_dir"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 COMMIT, REQUIRE, FORGET = 0, 1, 2
 _FRAME = struct.Struct("<II")

@@ -43,7 +43,7 @@ from binders.log.engine.sync import fsync_path
 
 __all__ = ["SKIPS", "Recovered", "Skip", "add_skips", "read_skips", "recover", "segment_bases"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 SKIPS = "skipped.json"
 """The file in a partition's directory listing the offset ranges given up by a repair."""

@@ -40,7 +40,7 @@ from binder.errors import BackendError
 
 __all__ = ["Barrier", "Syncer", "fsync_path"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 IDLE_SYNC = 1.0
 """Seconds after which writes nobody waits for are fsynced anyway."""

@@ -42,7 +42,7 @@ from binders.log.engine.segment import Damage
 
 __all__ = ["inspect", "main", "repair", "verify"]
 
-log = logging.getLogger("binders.log")
+log = logging.getLogger("binder.log")
 
 
 @dataclass

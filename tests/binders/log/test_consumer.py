@@ -71,7 +71,7 @@ def test_an_app_handles_the_healthy_partitions_of_a_damaged_topic_and_keeps_runn
             assert binding.restarts == 0 and binding.error is None
             return got, binding.state, broker.committed("g", TOPIC)
 
-    with caplog.at_level(logging.ERROR, "binders.log"):
+    with caplog.at_level(logging.ERROR, "binder.log"):
         got, state, committed = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert sorted(got) == sorted(HEALTHY | BEFORE_DAMAGE | {(0, 12)})  # each once, none lost
     assert state is BindingState.RUNNING

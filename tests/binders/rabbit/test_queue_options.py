@@ -97,7 +97,7 @@ def test_an_existing_queue_with_other_arguments_is_used_as_it_is(
                     return
                 await asyncio.sleep(0.025)
 
-    with caplog.at_level(logging.WARNING, logger="binders.rabbit.binder"):
+    with caplog.at_level(logging.WARNING, logger="binder.rabbit.binder"):
         asyncio.run(scenario())
     assert received == [{"n": 1}], "the existing queue is read"
     assert any("exists with other arguments" in r.getMessage() for r in caplog.records)

@@ -217,7 +217,7 @@ def test_a_destroyed_group_is_created_again_without_a_tight_loop(
 ) -> None:
     """XGROUP DESTROY under a running consumer: a warning, the group made again at 0, later
     messages consumed; over two seconds more the warning does not repeat in a loop."""
-    caplog.set_level(logging.WARNING, logger="binders.redis.consumer")
+    caplog.set_level(logging.WARNING, logger="binder.redis.consumer")
     stream_key = key_prefix + stream
     items, state, _ = _destroy_mid_stream(redis, plain, stream, stream_key, group)
     gone = [r for r in caplog.records if "the group is gone" in r.getMessage()]

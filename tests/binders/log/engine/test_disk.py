@@ -151,7 +151,7 @@ def test_the_hard_limit_deletes_unconsumed_records_and_says_so(
 ) -> None:
     policy = TopicPolicy(segment_bytes=1_000, retention_bytes=2_000, retention_hard_bytes=4_000)
     log = partition_log(tmp_path / "p", policy, floor=(0, ["billing"]))
-    with caplog.at_level(logging.WARNING, "binders.log"):
+    with caplog.at_level(logging.WARNING, "binder.log"):
         _fill(log, 300)
     assert log.start_offset > 0
     assert sum(s.size for s in log.segments) <= 4_000 + 1_000

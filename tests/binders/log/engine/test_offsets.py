@@ -38,7 +38,7 @@ def test_a_torn_last_commit_is_cut_and_logged(
     store.commit("g", "t", 0, 11)
     (path,) = (tmp_path / "g").glob("*.offsets")
     path.write_bytes(path.read_bytes()[:-3])
-    with caplog.at_level(logging.WARNING, "binders.log"):
+    with caplog.at_level(logging.WARNING, "binder.log"):
         again = DiskOffsetStore(tmp_path, None)
     assert again.committed("g", "t", 0) == 10
     assert "torn last write" in caplog.text

@@ -63,7 +63,7 @@ def test_a_torn_last_batch_is_cut_and_logged(
     bounds = write(log, [3, 3, 3])
     log.close()
     os.truncate(segment_file(tmp_path / "p"), bounds[-1] - 5)  # the last write, half done
-    with caplog.at_level(logging.WARNING, "binders.log"):
+    with caplog.at_level(logging.WARNING, "binder.log"):
         again = partition_log(tmp_path / "p")
     assert values(again) == expected(6)
     assert segment_file(tmp_path / "p").stat().st_size == bounds[1]
@@ -79,7 +79,7 @@ def test_garbage_after_the_last_batch_is_cut(
     write(log, [5])
     with segment_file(tmp_path / "p").open("ab") as file:
         file.write(os.urandom(300))
-    with caplog.at_level(logging.WARNING, "binders.log"):
+    with caplog.at_level(logging.WARNING, "binder.log"):
         again = partition_log(tmp_path / "p")  # no close: an unclean stop
     assert values(again) == expected(5)
     assert "300 byte(s)" in caplog.text
@@ -118,7 +118,7 @@ def test_a_corrupt_batch_in_the_middle_is_reported_and_never_skipped(
     with segment_file(tmp_path / "p").open("r+b") as file:
         file.seek(bounds[0] + 40)  # inside the second batch
         file.write(b"\xff\xff")
-    with caplog.at_level(logging.ERROR, "binders.log"):
+    with caplog.at_level(logging.ERROR, "binder.log"):
         again = partition_log(tmp_path / "p")
     assert "offsets 4..7 cannot be read" in caplog.text
     assert again.end_offset == 12  # nothing was cut: the batches after it are intact
@@ -179,7 +179,7 @@ def test_a_damaged_partition_stops_alone_at_the_damage(
         assert [(r.partition, r.offset) for r in await member.poll(100)] == [(0, 12)]
         return member.damaged[1]
 
-    with caplog.at_level(logging.ERROR, "binders.log"):
+    with caplog.at_level(logging.ERROR, "binder.log"):
         error = asyncio.run(scenario())
     assert error.topic == "t" and error.partition == 1
     stops = [r for r in caplog.records if "stopped at offset" in r.getMessage()]
@@ -196,7 +196,7 @@ def test_a_missing_segment_is_a_gap_that_reads_refuse(
     write(log, [5] * 20)
     log.close()
     segment_file(tmp_path / "p", 1).unlink()
-    with caplog.at_level(logging.ERROR, "binders.log"):
+    with caplog.at_level(logging.ERROR, "binder.log"):
         again = partition_log(tmp_path / "p")
     assert "are missing between" in caplog.text
     gap = again.damage[0]

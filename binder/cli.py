@@ -1,7 +1,7 @@
 """The ``binder`` command (also ``python -m binder``).
 
 ``binder --version``                       the installed version
-``binder run module:app [--config FILE] [--log-level LEVEL] [--log-format text]
+``binder run module:app [--config FILE] [--log-level LEVEL] [--log-format text|json]
 [--metrics-port P]``
                                            run an app until SIGINT/SIGTERM; ``stopped`` is
                                            its last log line; exit 1 when a binding failed
@@ -32,6 +32,7 @@ from binder.config import BinderSection, load_config, load_yaml, render_effectiv
 from binder.converters import ConverterRegistry
 from binder.errors import ConfigError
 from binder.functions import check_bindings, parse_definition
+from binder.logs import JsonFormatter
 
 __all__ = ["main"]
 
@@ -78,7 +79,12 @@ def _load_app(target: str) -> App:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the app; its last log line is ``stopped`` (:meth:`App.run` logs it)."""
-    logging.basicConfig(level=args.log_level, format=_TEXT_FORMAT)
+    if args.log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=args.log_level, handlers=[handler])
+    else:
+        logging.basicConfig(level=args.log_level, format=_TEXT_FORMAT)
     app = _load_app(args.target)
     if args.config:
         app.reconfigure(load_yaml(args.config))
@@ -152,7 +158,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"logging level: {', '.join(_LEVELS)}, any case (default info)",
     )
     run.add_argument(
-        "--log-format", choices=["text"], default="text", help="log line format (default text)"
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log line format: text (default) or json, one object a line with the binding, "
+        "destination, group, partition and offset of the record",
     )
     run.add_argument(
         "--metrics-port",

@@ -169,3 +169,51 @@ def test_the_metrics_port_and_host_are_configuration_keys() -> None:
     assert (app.config.metrics.port, app.config.metrics.host) == (9464, "0.0.0.0")
     env = App(config=None, environ={"BINDER_METRICS__PORT": "9100"})
     assert env.config.metrics.port == 9100 and env.config.metrics.host == "127.0.0.1"
+
+
+def test_binder_run_log_format_json_prints_one_object_a_line(tmp_path: Path) -> None:
+    """The records of a failing message carry its binding, destination, group and partition."""
+    (tmp_path / "jsonapp.py").write_text(
+        textwrap.dedent("""
+        from binder import App
+        app = App()
+
+        @app.consumer
+        def sink(value):
+            raise ValueError("no")
+
+        @app.supplier
+        def feed():
+            return {"n": 1}
+        """),
+        encoding="utf-8",
+    )
+    config = tmp_path / "app.yml"
+    config.write_text(
+        "binder:\n  bindings:\n"
+        "    feed-out-0: {destination: in}\n"
+        "    sink-in-0: {destination: in, group: g, consumer: {max-attempts: 2, "
+        "back-off-initial-interval: 10ms}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    command = [sys.executable, "-m", "binder", "run", "jsonapp:app", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*command, "--log-format", "json"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(json.loads(line))
+            if "dead-lettering" in lines[-1]["message"]:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    lines += [json.loads(line) for line in rest.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert all(line["logger"].startswith("binder") for line in lines)
+    letter = next(line for line in lines if "dead-lettering" in line["message"])
+    assert (letter["binding"], letter["destination"], letter["group"]) == ("sink-in-0", "in", "g")
+    assert letter["partition"] == 0 and "ValueError: no" in letter["exception"]
+    assert lines[-1]["message"] == "stopped"

@@ -254,6 +254,7 @@ class InputBinding(_Lifecycle):
         self._chunk_done.set()
         self._lanes, self._fetch_task = [], None
         consumer, self._consumer = self._consumer, None
+        self.stats.assigned.clear()  # its partitions go with it
         if consumer is None:
             return
         try:
@@ -269,11 +270,35 @@ class InputBinding(_Lifecycle):
         A backend may rebalance while a chunk is being processed (Kafka does, from its
         client's own task), so with one lane this waits for the chunk in hand too.
         """
+        started = time.perf_counter()
         await self._tracker.wait_idle()
         await self._chunk_done.wait()
+        stats = self.stats
+        stats.assigned.difference_update(partitions)
+        stats.rebalances += 1
+        log.info(
+            "binding %s: partitions %s revoked, handed over after %.0f ms (still assigned: %s)",
+            self.name,
+            sorted(partitions),
+            (time.perf_counter() - started) * 1000,
+            sorted(stats.assigned),
+            extra=self._extra(()),
+        )
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        log.debug("binding %s assigned partitions %s", self.name, sorted(partitions))
+        stats = self.stats
+        fresh = set(partitions) - stats.assigned
+        if not fresh:
+            return
+        stats.assigned |= fresh
+        stats.rebalances += 1
+        log.info(
+            "binding %s: partitions %s assigned (now: %s)",
+            self.name,
+            sorted(fresh),
+            sorted(stats.assigned),
+            extra=self._extra(()),
+        )
 
     # -- reading ----------------------------------------------------------------------------
 

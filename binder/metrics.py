@@ -12,7 +12,9 @@ Series (names and labels as the contract gives them):
 ``retried``: an attempt that failed and will be retried, ``dead_lettered``, ``dropped``),
 ``streambinder_process_seconds{binding}`` (a histogram: buckets from 100 µs, :data:`BOUNDS`),
 ``streambinder_messages_sent_total{destination}``,
-``streambinder_send_errors_total{destination}``, ``streambinder_binding_up{binding}``.
+``streambinder_send_errors_total{destination}``,
+``streambinder_rebalances_total{destination,group}``,
+``streambinder_assigned_partitions{destination,group}``, ``streambinder_binding_up{binding}``.
 The group of an anonymous consumer is ``anonymous``.
 """
 
@@ -51,6 +53,10 @@ class InputStats:
     dropped: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS) + 1))
     seconds: float = 0.0
+    rebalances: int = 0
+    """Partitions assigned or revoked (each change of the binding's assignment)."""
+    assigned: set[int] = field(default_factory=set)
+    """The partitions the binding's consumer holds now."""
 
     def took(self, seconds: float) -> None:
         """One message (or batch) handled in ``seconds``."""
@@ -105,12 +111,23 @@ class _AppsCollector:
             "Seconds one message (one batch in batch mode) took to handle, retries included.",
             labels=["binding"],
         )
+        rebalances = CounterMetricFamily(
+            "streambinder_rebalances",
+            "Changes of a group's assignment seen by this process's member.",
+            labels=["destination", "group"],
+        )
+        assigned = GaugeMetricFamily(
+            "streambinder_assigned_partitions",
+            "Partitions of the destination this process's member of the group holds.",
+            labels=["destination", "group"],
+        )
         up = GaugeMetricFamily(
             "streambinder_binding_up",
             "1 while the binding is running, else 0.",
             labels=["binding"],
         )
         outputs: dict[str, OutputStats] = {}
+        members: dict[tuple[str, str], list[int]] = {}  # the bindings of one group, summed
         for app in list(self.apps):
             for name, binding in app.bindings.items():
                 up.add_metric([name], 1.0 if str(binding.state) == "running" else 0.0)
@@ -122,14 +139,20 @@ class _AppsCollector:
                 for outcome in OUTCOMES:
                     processed.add_metric([*labels, outcome], getattr(stats, outcome))
                 took.add_metric([name], _cumulative(stats.buckets), stats.seconds)
+                member = members.setdefault((labels[1], labels[2]), [0, 0])
+                member[0] += stats.rebalances
+                member[1] += len(stats.assigned)
             for output in app.outputs():
                 total = outputs.setdefault(output.destination, OutputStats())
                 total.sent += output.stats.sent
                 total.errors += output.stats.errors
+        for (destination, group), (changes, held) in members.items():
+            rebalances.add_metric([destination, group], changes)
+            assigned.add_metric([destination, group], held)
         for destination, total in outputs.items():
             sent.add_metric([destination], total.sent)
             errors.add_metric([destination], total.errors)
-        yield from (received, processed, took, sent, errors, up)
+        yield from (received, processed, took, sent, errors, rebalances, assigned, up)
 
 
 def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -77,6 +78,12 @@ def test_counters_move_as_messages_flow_and_fail(broker: str) -> None:
                     group="anonymous",
                 ),
                 "up": _value(registry, "streambinder_binding_up", binding="check-in-0"),
+                "assigned": _value(
+                    registry, "streambinder_assigned_partitions", destination="orders", group="g"
+                ),
+                "rebalances": _value(
+                    registry, "streambinder_rebalances_total", destination="orders", group="g"
+                ),
                 "timed": _value(
                     registry, "streambinder_process_seconds_count", binding="check-in-0"
                 ),
@@ -98,6 +105,8 @@ def test_counters_move_as_messages_flow_and_fail(broker: str) -> None:
         "sent letters": 1.0,
         "watch anonymous": 4.0,
         "up": 1.0,
+        "assigned": 1.0,
+        "rebalances": 1.0,
         "timed": 5.0,
         "slowest bucket": 5.0,
     }
@@ -127,3 +136,48 @@ def test_send_errors_are_counted_by_destination(broker: str) -> None:
 
     assert asyncio.run(scenario()) == 1.0
     assert _value(registry, "streambinder_messages_sent_total", destination="events") is None
+
+
+def test_a_rebalance_is_counted_logged_and_the_partitions_follow(
+    broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two members of a group on a two-partition destination: the second's arrival takes a
+    partition from the first (revoked, handed over, logged at INFO with how long it took)."""
+    registry = CollectorRegistry()
+    bindings = {
+        "orders": {"destination": "orders", "producer": {"partition-count": 2}},
+        "sink-in-0": {"destination": "orders", "group": "g"},
+    }
+    doc = {"binders": {"local": {"type": "log", "broker": broker}}, "bindings": bindings}
+
+    def member() -> App:
+        app = App(config={"binder": doc}, environ={}, metrics_registry=registry)
+        app.consumer(lambda payload: None, name="sink")
+        return app
+
+    def held() -> float | None:
+        return _value(registry, "streambinder_assigned_partitions", destination="orders", group="g")
+
+    async def scenario() -> tuple[float | None, float | None, float | None]:
+        async with member() as first:
+            for _ in range(200):
+                if held() == 2:
+                    break
+                await asyncio.sleep(0.01)
+            alone = held()
+            async with member():
+                for _ in range(500):
+                    if len(first.binding("sink-in-0").stats.assigned) == 1 and held() == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                both = held()
+                changes = _value(
+                    registry, "streambinder_rebalances_total", destination="orders", group="g"
+                )
+        return alone, both, changes
+
+    with caplog.at_level(logging.INFO, "binder.bindings"):
+        alone, both, changes = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert (alone, both) == (2.0, 2.0), "the group holds both partitions, shared after"
+    assert changes is not None and changes >= 3, "assigned, revoked, assigned"
+    assert "revoked, handed over after" in caplog.text

@@ -217,3 +217,96 @@ def test_binder_run_log_format_json_prints_one_object_a_line(tmp_path: Path) -> 
     assert (letter["binding"], letter["destination"], letter["group"]) == ("sink-in-0", "in", "g")
     assert letter["partition"] == 0 and "ValueError: no" in letter["exception"]
     assert lines[-1]["message"] == "stopped"
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition (labels in any order)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_binder_run_metrics_move_as_messages_flow(tmp_path: Path) -> None:
+    """A supplier feeds a consumer that fails every third message: scraped twice over HTTP,
+    the counters grow, and failures show as retried then dead_lettered."""
+    (tmp_path / "flowapp.py").write_text(
+        textwrap.dedent("""
+        import itertools
+        from binder import App
+        app = App()
+        numbers = itertools.count()
+
+        @app.supplier(interval=0.02)
+        def feed():
+            return {"n": next(numbers)}
+
+        @app.consumer
+        def sink(order):
+            if order["n"] % 3 == 0:
+                raise ValueError("every third")
+        """),
+        encoding="utf-8",
+    )
+    config = tmp_path / "app.yml"
+    config.write_text(
+        "binder:\n  bindings:\n"
+        "    feed-out-0: {destination: in}\n"
+        "    sink-in-0: {destination: in, group: g, consumer: {max-attempts: 2, "
+        "back-off-initial-interval: 10ms}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    command = [sys.executable, "-m", "binder", "run", "flowapp:app", "--config", str(config)]
+    log_file = tmp_path / "run.log"
+    with log_file.open("w") as sink:
+        proc = subprocess.Popen(
+            [*command, "--metrics-port", "0"], cwd=tmp_path, env=env, stderr=sink, text=True
+        )
+    group = {"binding": "sink-in-0", "destination": "in", "group": "g"}
+    try:
+        deadline = time.monotonic() + 20
+        port = None
+        while port is None:
+            assert time.monotonic() < deadline and proc.poll() is None, log_file.read_text()
+            found = re.search(r"on http://127\.0\.0\.1:(\d+)", log_file.read_text())
+            port = int(found.group(1)) if found else time.sleep(0.05)
+        scrapes = []
+        for _ in range(2):
+            text = ""
+            for _ in range(100):
+                text = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+                dead = _sample(
+                    text, "streambinder_messages_processed_total", **group, outcome="dead_lettered"
+                )
+                ok = _sample(text, "streambinder_messages_processed_total", **group, outcome="ok")
+                if ok and dead and (not scrapes or dead > scrapes[-1]["dead"]):
+                    break
+                time.sleep(0.1)
+            scrapes.append(
+                {
+                    "received": _sample(text, "streambinder_messages_received_total", **group),
+                    "ok": _sample(
+                        text, "streambinder_messages_processed_total", **group, outcome="ok"
+                    ),
+                    "retried": _sample(
+                        text, "streambinder_messages_processed_total", **group, outcome="retried"
+                    ),
+                    "dead": _sample(
+                        text,
+                        "streambinder_messages_processed_total",
+                        **group,
+                        outcome="dead_lettered",
+                    ),
+                    "up": _sample(text, "streambinder_binding_up", binding="sink-in-0"),
+                }
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    first, second = scrapes
+    assert first["up"] == 1.0 and first["ok"] and first["retried"] and first["dead"]
+    assert second["received"] > first["received"] and second["dead"] > first["dead"]
+    assert second["retried"] >= second["dead"], "each dead letter was retried once first"

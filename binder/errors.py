@@ -62,6 +62,15 @@ class CapabilityError(ConfigError):
 class BackendError(BinderError):
     """The backend refused or failed an operation; the message says which backend."""
 
+    @classmethod
+    def of(cls, system: str, server: str, action: str, exc: BaseException) -> BackendError:
+        """``<system> at <server>: <action> failed: <Type>: <message>`` for a client error
+        (raise it ``from exc``); ``server`` is already masked."""
+        text = str(exc) or type(exc).__name__
+        if type(exc).__name__ not in text:
+            text = f"{type(exc).__name__}: {text}"
+        return cls(f"{system} at {server}: {action} failed: {text}")
+
 
 class ClosedError(BackendError):
     """An operation on a binder, producer or consumer that is already closed."""

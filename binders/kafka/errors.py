@@ -18,10 +18,7 @@ CLIENT_ERRORS = (errors.KafkaError, OSError, TimeoutError)
 
 def backend_error(servers: str, action: str, exc: BaseException) -> BackendError:
     """``kafka at <servers>: <action> failed: <error>`` (raise it ``from exc``)."""
-    text = str(exc) or type(exc).__name__
-    if type(exc).__name__ not in text:
-        text = f"{type(exc).__name__}: {text}"
-    return BackendError(f"kafka at {servers}: {action} failed: {text}")
+    return BackendError.of("kafka", servers, action, exc)
 
 
 @contextlib.contextmanager

@@ -29,10 +29,7 @@ def masked_url(url: str) -> str:
 
 def backend_error(server: str, action: str, exc: BaseException) -> BackendError:
     """``rabbitmq at <server>: <action> failed: <error>`` (raise it ``from exc``)."""
-    text = str(exc) or type(exc).__name__
-    if type(exc).__name__ not in text:
-        text = f"{type(exc).__name__}: {text}"
-    return BackendError(f"rabbitmq at {server}: {action} failed: {text}")
+    return BackendError.of("rabbitmq", server, action, exc)
 
 
 @contextlib.contextmanager

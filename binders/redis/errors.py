@@ -35,10 +35,7 @@ def is_no_group(exc: BaseException) -> bool:
 
 def backend_error(server: str, action: str, exc: BaseException) -> BackendError:
     """``redis at <server>: <action> failed: <error>`` (raise it ``from exc``)."""
-    text = str(exc) or type(exc).__name__
-    if type(exc).__name__ not in text:
-        text = f"{type(exc).__name__}: {text}"
-    return BackendError(f"redis at {server}: {action} failed: {text}")
+    return BackendError.of("redis", server, action, exc)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from binder.partitioning import select_partition
 from examples.orders.app import app, ledger
 
@@ -65,12 +67,21 @@ def _billed(ids: range) -> int:
     return sum(1 for invoices in ledger.invoices.values() for i in invoices if i in ids)
 
 
-def test_the_demo_runs_unchanged_on_kafka() -> None:
-    """Only the default binder changes: the same pipeline on a Tansu the demo starts itself
-    (memory only, gone with the process, so nothing is left behind)."""
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        # a Tansu the demo starts itself (memory only, gone with the process)
+        ("--kafka", "on Kafka: a Tansu broker started for this run"),
+        ("--redis", "on Redis at"),  # the machine's Redis, under a key prefix it deletes
+        ("--rabbit", "on RabbitMQ, exchanges and queues named"),  # behind a prefix, deleted
+    ],
+    ids=["kafka", "redis", "rabbitmq"],
+)
+def test_the_demo_runs_unchanged_on_another_binder(flag: str, says: str) -> None:
+    """Only the default binder changes: the same pipeline, leaving nothing behind."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "BINDER_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "examples.orders.demo", "--kafka", "-n", "400"],
+        [sys.executable, "-m", "examples.orders.demo", flag, "-n", "400"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -78,42 +89,7 @@ def test_the_demo_runs_unchanged_on_kafka() -> None:
         cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "on Kafka: a Tansu broker started for this run" in done.stdout
-    assert "sent 400 orders; this run handled 400" in done.stdout
-    assert "per-customer order kept: True" in done.stdout
-
-
-def test_the_demo_runs_unchanged_on_redis() -> None:
-    """The same pipeline on the machine's Redis, under a key prefix the demo deletes."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BINDER_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "examples.orders.demo", "--redis", "-n", "400"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=environment,
-        cwd=Path(__file__).parents[2],
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "on Redis at" in done.stdout
-    assert "sent 400 orders; this run handled 400" in done.stdout
-    assert "per-customer order kept: True" in done.stdout
-
-
-def test_the_demo_runs_unchanged_on_rabbitmq() -> None:
-    """The same pipeline on the machine's RabbitMQ, behind a name prefix; the demo deletes its
-    exchanges and queues at the end."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BINDER_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "examples.orders.demo", "--rabbit", "-n", "400"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=environment,
-        cwd=Path(__file__).parents[2],
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "on RabbitMQ, exchanges and queues named" in done.stdout
+    assert says in done.stdout
     assert "sent 400 orders; this run handled 400" in done.stdout
     assert "per-customer order kept: True" in done.stdout
 

@@ -236,16 +236,39 @@ class InputBinding(_Lifecycle):
     async def _serve(self, consumer: Consumer | None) -> None:
         """The fetch loop and the lanes in one task group; returns once stopped and drained."""
         assert consumer is not None
-        async with asyncio.TaskGroup() as group:
-            lanes = [group.create_task(self._lane(queue)) for queue in self._lanes]
-            self._fetch_task = group.create_task(self._fetch_loop(consumer))
-            await asyncio.wait([self._fetch_task])  # its failure is the group's to raise
-            if self._fetch_task.cancelled() or self._fetch_task.exception() is not None:
-                return
-            for queue in self._lanes:  # several lanes: finish what was fetched
-                await queue.join()
-            for lane in lanes:
-                lane.cancel()
+        watch = asyncio.create_task(self._watch_lag(consumer), name=f"{self.name}-lag")
+        try:
+            async with asyncio.TaskGroup() as group:
+                lanes = [group.create_task(self._lane(queue)) for queue in self._lanes]
+                self._fetch_task = group.create_task(self._fetch_loop(consumer))
+                await asyncio.wait([self._fetch_task])  # its failure is the group's to raise
+                if self._fetch_task.cancelled() or self._fetch_task.exception() is not None:
+                    return
+                for queue in self._lanes:  # several lanes: finish what was fetched
+                    await queue.join()
+                for lane in lanes:
+                    lane.cancel()
+        finally:
+            watch.cancel()
+            self.stats.lag = {}
+
+    async def _watch_lag(self, consumer: Consumer) -> None:
+        """Read the consumer's lag (``Consumer.lag``, where its binder has it) every
+        :data:`LAG_INTERVAL` seconds into :attr:`stats` while it serves; a failed read is
+        logged once per streak and tried again (the lag is for metrics only)."""
+        read = getattr(consumer, "lag", None)
+        if read is None:
+            return
+        failing = False
+        while True:
+            try:
+                self.stats.lag = await read()
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("binding %s: reading its lag failed: %s", self.name, exc)
+                failing = True
+            await asyncio.sleep(LAG_INTERVAL)
 
     async def _drop_consumer(self) -> None:
         """Close the consumer (its partitions go to other members), releasing anyone
@@ -724,6 +747,8 @@ class InputBinding(_Lifecycle):
 
 
 _Attempt = tuple[int, list[OutboundRecord], list[int], BaseException | None]
+LAG_INTERVAL = 2.0
+"""Seconds between two reads of a serving consumer's lag (``streambinder_consumer_lag``)."""
 _COMMIT_ATTEMPTS = 5
 _COMMIT_BACK_OFF = 0.1  # seconds, doubling: 0.1 + 0.2 + 0.4 + 0.8 before giving up
 

@@ -14,7 +14,9 @@ Series (names and labels as the contract gives them):
 ``streambinder_messages_sent_total{destination}``,
 ``streambinder_send_errors_total{destination}``,
 ``streambinder_rebalances_total{destination,group}``,
-``streambinder_assigned_partitions{destination,group}``, ``streambinder_binding_up{binding}``.
+``streambinder_assigned_partitions{destination,group}``,
+``streambinder_consumer_lag{destination,group,partition}`` (from the SPI's optional
+``Consumer.lag()``, read every few seconds), ``streambinder_binding_up{binding}``.
 The group of an anonymous consumer is ``anonymous``.
 """
 
@@ -57,6 +59,8 @@ class InputStats:
     """Partitions assigned or revoked (each change of the binding's assignment)."""
     assigned: set[int] = field(default_factory=set)
     """The partitions the binding's consumer holds now."""
+    lag: dict[int, int] = field(default_factory=dict)
+    """Partition → messages not yet committed by the group (read every few seconds)."""
 
     def took(self, seconds: float) -> None:
         """One message (or batch) handled in ``seconds``."""
@@ -121,6 +125,13 @@ class _AppsCollector:
             "Partitions of the destination this process's member of the group holds.",
             labels=["destination", "group"],
         )
+        lag = GaugeMetricFamily(
+            "streambinder_consumer_lag",
+            "Messages of a partition not yet committed by the group (end offset minus "
+            "committed on the log and Kafka; pending + unread on Redis; ready + unacknowledged "
+            "on RabbitMQ).",
+            labels=["destination", "group", "partition"],
+        )
         up = GaugeMetricFamily(
             "streambinder_binding_up",
             "1 while the binding is running, else 0.",
@@ -139,6 +150,8 @@ class _AppsCollector:
                 for outcome in OUTCOMES:
                     processed.add_metric([*labels, outcome], getattr(stats, outcome))
                 took.add_metric([name], _cumulative(stats.buckets), stats.seconds)
+                for partition, behind in sorted(stats.lag.items()):
+                    lag.add_metric([labels[1], labels[2], str(partition)], behind)
                 member = members.setdefault((labels[1], labels[2]), [0, 0])
                 member[0] += stats.rebalances
                 member[1] += len(stats.assigned)
@@ -152,7 +165,7 @@ class _AppsCollector:
         for destination, total in outputs.items():
             sent.add_metric([destination], total.sent)
             errors.add_metric([destination], total.errors)
-        yield from (received, processed, took, sent, errors, rebalances, assigned, up)
+        yield from (received, processed, took, sent, errors, rebalances, assigned, lag, up)
 
 
 def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:

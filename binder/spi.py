@@ -232,6 +232,12 @@ class Consumer(Protocol):
 
     :meth:`fetch` is called by one task at a time; the other methods from any task of
     the same event loop.
+
+    Every built-in consumer also has ``async def lag(self) -> dict[int, int]``: partition →
+    messages of the group not yet committed, for the partitions it reads (end offset minus
+    committed on the log and Kafka, pending + unread on Redis, ready + unacknowledged on
+    RabbitMQ). The core reads it every few seconds while the binding serves, for
+    ``streambinder_consumer_lag``; a consumer without it reports no lag.
     """
 
     async def fetch(self) -> list[InboundRecord]:

@@ -224,6 +224,23 @@ class KafkaConsumer(ConsumerRebalanceListener):
         while self._committing is not None:
             await asyncio.shield(self._committing)
 
+    async def lag(self) -> dict[int, int]:
+        """Partition → end offset minus the group's committed offset (anonymous: minus the
+        position), for the partitions assigned."""
+        client = self._client
+        assigned = list(client.assignment())
+        if not assigned:
+            return {}
+        with backend_errors(self._servers, f"read the lag of {self._spec.destination!r}"):
+            ends = await client.end_offsets(assigned)
+            lag = {}
+            for tp in assigned:
+                base = await client.committed(tp) if self._spec.group is not None else None
+                if base is None:
+                    base = await client.position(tp)
+                lag[tp.partition] = max(0, ends[tp] - base)
+        return lag
+
     def pause(self) -> None:
         self._paused = True
         self._client.pause(*self._client.assignment())

@@ -48,6 +48,10 @@ class LogConsumer:
         except ENGINE_ERRORS as exc:
             raise backend_error(f"commit on {self._topic!r}", exc) from exc
 
+    async def lag(self) -> dict[int, int]:
+        """Partition → records not yet committed by the group, for the partitions held."""
+        return self._member.lag()
+
     def pause(self) -> None:
         self._member.pause()
 

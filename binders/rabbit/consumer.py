@@ -111,6 +111,7 @@ class RabbitConsumer:
         self._queue_of: dict[str, str] = {}  # consumer tag -> queue
         self._active: set[str] = set()  # consumer tags not cancelled
         self._careful: set[str] = set()  # consumer tags still at prefetch 1
+        self._in_hand: dict[str, int] = {}  # queue -> delivered, not acknowledged
         self._widened = False  # basic.qos set to the full prefetch
         self._single_active = False  # partition queues (x-single-active-consumer)
         self._buffer: deque[Any] = deque()
@@ -229,6 +230,9 @@ class RabbitConsumer:
         tag = message.delivery.delivery_tag
         self._pending.append(tag)
         self._unacked.add(tag)
+        queue = self._queue_of.get(message.delivery.consumer_tag)
+        if queue is not None:
+            self._in_hand[queue] = self._in_hand.get(queue, 0) + 1
         self._wake.set()
 
     # -- the SPI ----------------------------------------------------------------------------
@@ -325,6 +329,13 @@ class RabbitConsumer:
             if not fresh:
                 return
             unacked.difference_update(fresh)
+            fresh_set = set(fresh)
+            for record in records:
+                owner, tag, subscription, _ = record.token
+                if owner is channel and tag in fresh_set:
+                    queue = self._queue_of.get(subscription)
+                    if queue is not None:
+                        self._in_hand[queue] = self._in_hand.get(queue, 1) - 1
             finished, pending, alone = self._finished, self._pending, self._alone
             finished.update(fresh)
             last = None
@@ -358,6 +369,19 @@ class RabbitConsumer:
                 raise backend_error(
                     self._server, f"acknowledge on {self._destination!r}", exc
                 ) from exc
+
+    async def lag(self) -> dict[int, int]:
+        """Partition → messages of its queue not yet acknowledged: ready in the queue, plus
+        delivered to this consumer and not acknowledged."""
+        lag = {}
+        for tag in list(self._active):
+            queue, partition = self._queue_of[tag], self._partition_of[tag]
+            declared = await self._binder.declare(
+                f"read the lag of {queue!r}", lambda ch, q=queue: ch.queue_declare(q, passive=True)
+            )
+            ready = declared.message_count or 0
+            lag[max(partition, 0)] = ready + self._in_hand.get(queue, 0)
+        return lag
 
     def pause(self) -> None:
         self._paused = True

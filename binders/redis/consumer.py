@@ -438,6 +438,21 @@ class RedisConsumer:
 
     # -- pause, close -----------------------------------------------------------------------
 
+    async def lag(self) -> dict[int, int]:
+        """Partition → entries of the group not yet acknowledged: its pending entries plus
+        those not yet read (``XINFO GROUPS``: ``pending`` + ``lag``), per partition read; an
+        anonymous consumer has none."""
+        if self._group is None:
+            return {}
+        lag = {}
+        with self._errors("read the lag"):
+            for partition in sorted(self._owned):
+                for info in await self._client.xinfo_groups(self._streams[partition]):
+                    name = info.get("name")
+                    if (name.decode() if isinstance(name, bytes) else name) == self._group:
+                        lag[partition] = int(info.get("pending") or 0) + int(info.get("lag") or 0)
+        return lag
+
     def pause(self) -> None:
         self._paused = True
 

@@ -22,6 +22,7 @@ __all__ = [
     "test_batch_mode_function_gets_a_list",
     "test_graceful_shutdown_loses_nothing",
     "test_graceful_shutdown_loses_nothing_under_concurrency",
+    "test_lag_grows_while_paused_and_drains_to_zero",
     "test_pause_holds_messages_until_resume",
     "test_pause_outlasts_a_reassignment",
     "test_stop_and_start_one_binding_at_run_time",
@@ -85,6 +86,45 @@ def test_pause_holds_messages_until_resume(conformance: Conformance, dest: str, 
     assert states == [BindingState.RUNNING, BindingState.PAUSED, BindingState.RUNNING]
     assert while_paused == [{"n": 0}], "nothing is handled while paused"
     assert after_resume == [{"n": 0}, *held], "what was held arrives after resume, in order"
+
+
+def test_lag_grows_while_paused_and_drains_to_zero(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """The binder's ``Consumer.lag()`` (``streambinder_consumer_lag``): messages the group
+    has not committed, so it counts what waits while the binding is paused and falls back to
+    zero once they were handled."""
+    require(conformance.capabilities, "consumer_groups")
+    waiting = [{"n": n} for n in range(5)]
+
+    async def until(binding: Any, wanted: Any, what: str) -> int:
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while True:
+            total = sum(binding.stats.lag.values())
+            if wanted(total):
+                return total
+            assert asyncio.get_running_loop().time() < deadline, f"lag {total}: {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> tuple[int, int]:
+        await conformance.provision(dest, 1)
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        subject = consumer_app(conformance, dest, group, inbox, "subject")
+        async with subject:
+            await send_all(conformance, dest, [{"n": "first"}])
+            await inbox.wait_until(lambda items: len(items) == 1, "the first message")
+            binding = subject.binding("subject-in-0")
+            binding.pause()
+            await send_all(conformance, dest, waiting)
+            behind = await until(binding, lambda total: total >= len(waiting), "while paused")
+            binding.resume()
+            await inbox.wait_until(lambda items: len(items) == 1 + len(waiting), "all of them")
+            after = await until(binding, lambda total: total == 0, "after draining")
+        return behind, after
+
+    behind, after = run(scenario())
+    assert behind == len(waiting), "what waits while paused, no more"
+    assert after == 0
 
 
 def test_pause_outlasts_a_reassignment(conformance: Conformance, dest: str, group: str) -> None:

@@ -149,6 +149,20 @@ class Member:
     def closed(self) -> bool:
         return self._closed
 
+    def lag(self) -> dict[int, int]:
+        """Partition → records after the group's committed offset (a member of no group, or
+        of one that has not committed there: after its read position), per partition held."""
+        with self._lock:
+            offsets = self._broker._offsets
+            lag = {}
+            for partition, position in self._held.items():
+                end = self._topic._logs[partition].end_offset
+                committed = None
+                if self.group is not None:
+                    committed = offsets.committed(self.group, self.topic, partition)
+                lag[partition] = max(0, end - (position if committed is None else committed))
+            return lag
+
     @property
     def paused(self) -> bool:
         return self._paused

@@ -50,8 +50,8 @@ import aio_pika
 
 from benchmarks.bench_redis import (
     RowError,
+    Runs,
     Samples,
-    _bounded,
     _deadline,
     _percentiles,
     _reason,
@@ -77,34 +77,12 @@ GROUP = "g"
 
 
 @dataclass
-class Bench:
+class Bench(Runs):
     url: str
     prefix: str
     n: int
     channel: Any  # an aio-pika channel for set-up and checks
     declared: list[str] = field(default_factory=list)
-    figures: dict[str, list[float]] = field(default_factory=dict)
-    latency: dict[str, list[float]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-
-    async def attempt(self, case: str, run: Callable[[], Awaitable[T]]) -> T | None:
-        if case in self.failures:
-            return None
-        try:
-            return await _bounded(run(), ROW_TIMEOUT + STOP_GRACE)
-        except Exception as exc:
-            self.failures[case] = _reason(exc)
-            print(f"rabbit bench: {case} failed: {self.failures[case]}", flush=True)
-            return None
-
-    async def measure(self, case: str, run: Callable[[], Awaitable[Any]]) -> None:
-        result = await self.attempt(case, run)
-        if result is None:
-            return
-        start, first = result if isinstance(result, tuple) else (result, None)
-        self.figures.setdefault(case, []).append(start)
-        if first is not None:
-            self.figures.setdefault(f"{case} first", []).append(first)
 
     async def destination(self, name: str) -> str:
         """A fresh exchange ``<prefix><name>`` with the queue ``<it>.g`` bound with ``#``, as
@@ -404,7 +382,7 @@ async def _run(url: str, n: int) -> tuple[Bench, str] | None:
         channel = await connection.channel()
         properties = connection.transport.connection.server_properties
         server = properties.get("version", "?")
-        bench = Bench(url, f"bench-rabbit-{uuid.uuid4().hex[:8]}-", n, channel)
+        bench = Bench(url, f"bench-rabbit-{uuid.uuid4().hex[:8]}-", n, channel, system="rabbit")
         for index in range(ROUNDS):
             await _produce_round(bench, index)
             await _consume_round(bench, index)

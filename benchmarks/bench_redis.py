@@ -124,14 +124,12 @@ async def _deadline(tally: Tally) -> AsyncIterator[None]:
         ) from None
 
 
-@dataclass
-class Bench:
-    """One run: where, how many, the figures so far and the rows that failed."""
+@dataclass(kw_only=True)
+class Runs:
+    """The figures of a benchmark run so far and the rows that failed (shared by the
+    binder benchmarks); ``system`` names the run in failure lines."""
 
-    url: str
-    prefix: str
-    n: int
-    admin: Redis
+    system: str = "redis"
     figures: dict[str, list[float]] = field(default_factory=dict)
     latency: dict[str, list[float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
@@ -144,7 +142,7 @@ class Bench:
             return await _bounded(run(), ROW_TIMEOUT + STOP_GRACE)
         except Exception as exc:
             self.failures[case] = _reason(exc)
-            print(f"redis bench: {case} failed: {self.failures[case]}", flush=True)
+            print(f"{self.system} bench: {case} failed: {self.failures[case]}", flush=True)
             return None
 
     async def measure(self, case: str, run: Callable[[], Awaitable[Any]]) -> None:
@@ -156,6 +154,16 @@ class Bench:
         self.figures.setdefault(case, []).append(start)
         if first is not None:
             self.figures.setdefault(f"{case} first", []).append(first)
+
+
+@dataclass
+class Bench(Runs):
+    """One run: where, how many, the figures so far and the rows that failed."""
+
+    url: str
+    prefix: str
+    n: int
+    admin: Redis
 
 
 async def _bounded(run: Awaitable[T], seconds: float) -> T:

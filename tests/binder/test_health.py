@@ -28,6 +28,26 @@ from binders.log.engine import Broker
 ROOT = Path(__file__).parents[2]
 
 
+FEED_AND_SINK = (
+    "    feed-out-0: {destination: in}\n"
+    "    sink-in-0: {destination: in, group: g, consumer: {max-attempts: 2, "
+    "back-off-initial-interval: 10ms}}\n"
+)
+"""Bindings of a supplier feeding a consumer that retries once, then dead-letters."""
+
+
+def _write_config(folder: Path, bindings: str) -> Path:
+    """``folder/app.yml`` holding ``bindings`` (YAML lines under ``binder.bindings``)."""
+    config = folder / "app.yml"
+    config.write_text("binder:\n  bindings:\n" + bindings)
+    return config
+
+
+def _env(folder: Path) -> dict[str, str]:
+    """The environment of a ``binder run`` of an app module written in ``folder``."""
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}"}
+
+
 @pytest.fixture
 def broker() -> Any:
     name = f"health-{uuid.uuid4().hex}"
@@ -114,9 +134,8 @@ def test_binder_run_serves_health_and_metrics_on_its_metrics_port(tmp_path: Path
         """),
         encoding="utf-8",
     )
-    config = tmp_path / "app.yml"
-    config.write_text("binder:\n  bindings:\n    sink-in-0: {destination: in, group: g}\n")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    config = _write_config(tmp_path, "    sink-in-0: {destination: in, group: g}\n")
+    env = _env(tmp_path)
     command = [sys.executable, "-m", "binder", "run", "healthapp:app", "--config", str(config)]
     proc = subprocess.Popen(
         [*command, "--metrics-port", "0"],
@@ -188,14 +207,8 @@ def test_binder_run_log_format_json_prints_one_object_a_line(tmp_path: Path) -> 
         """),
         encoding="utf-8",
     )
-    config = tmp_path / "app.yml"
-    config.write_text(
-        "binder:\n  bindings:\n"
-        "    feed-out-0: {destination: in}\n"
-        "    sink-in-0: {destination: in, group: g, consumer: {max-attempts: 2, "
-        "back-off-initial-interval: 10ms}}\n"
-    )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    config = _write_config(tmp_path, FEED_AND_SINK)
+    env = _env(tmp_path)
     command = [sys.executable, "-m", "binder", "run", "jsonapp:app", "--config", str(config)]
     proc = subprocess.Popen(
         [*command, "--log-format", "json"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
@@ -251,14 +264,8 @@ def test_binder_run_metrics_move_as_messages_flow(tmp_path: Path) -> None:
         """),
         encoding="utf-8",
     )
-    config = tmp_path / "app.yml"
-    config.write_text(
-        "binder:\n  bindings:\n"
-        "    feed-out-0: {destination: in}\n"
-        "    sink-in-0: {destination: in, group: g, consumer: {max-attempts: 2, "
-        "back-off-initial-interval: 10ms}}\n"
-    )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    config = _write_config(tmp_path, FEED_AND_SINK)
+    env = _env(tmp_path)
     command = [sys.executable, "-m", "binder", "run", "flowapp:app", "--config", str(config)]
     log_file = tmp_path / "run.log"
     with log_file.open("w") as sink:

@@ -39,14 +39,12 @@ def _payload(i: int) -> bytes:
     return _dumps({**PAYLOAD, "id": i})
 
 
-def _preload(broker: Broker, topic: str, n: int) -> None:
+def _preload(broker: Broker, topic: str, n: int, headers: dict[str, str] | None = None) -> None:
     broker.create_topic(topic, 1)
     now = time.time()
+    headers = headers or {"contentType": "application/json"}
     for start in range(0, n, 1000):
-        entries = [
-            (None, _payload(i), {"contentType": "application/json"}, now)
-            for i in range(start, min(n, start + 1000))
-        ]
+        entries = [(None, _payload(i), headers, now) for i in range(start, min(n, start + 1000))]
         broker.append(topic, 0, entries)
 
 
@@ -87,7 +85,8 @@ async def hand_written(n: int) -> float:
     return n / elapsed
 
 
-def _app(broker: str, batch: bool, fn: Callable[..., Any]) -> App:
+def _app(broker: str, batch: bool, fn: Callable[..., Any], **extra: Any) -> App:
+    metrics = extra.pop("metrics", True)
     app = App(
         config={
             "binder": {
@@ -100,18 +99,29 @@ def _app(broker: str, batch: bool, fn: Callable[..., Any]) -> App:
                     },
                     "transform-out-0": {"destination": "out"},
                 },
+                "metrics": {"enabled": metrics},
             }
         },
         environ={},
+        **extra,
     )
     app.function(fn, name="transform")
     return app
 
 
-async def through_binder(n: int, *, batch: bool = False, use_async: bool = False) -> float:
+async def through_binder(
+    n: int,
+    *,
+    batch: bool = False,
+    use_async: bool = False,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> float:
+    """Messages a second through ``transform`` (``extra``: ``metrics=False``, or an App
+    keyword such as ``tracer_provider``)."""
     name = f"bench-{uuid.uuid4().hex}"
     broker = Broker.named(name)
-    _preload(broker, "in", n)
+    _preload(broker, "in", n, headers)
     if batch:
 
         def fn(orders: list[dict]) -> list[dict]:
@@ -122,7 +132,7 @@ async def through_binder(n: int, *, batch: bool = False, use_async: bool = False
             return transform(order)
     else:
         fn = transform
-    app = _app(name, batch, fn)
+    app = _app(name, batch, fn, **extra)
     started = time.perf_counter()
     async with app:
         await _wait_for(broker, "out", n)
@@ -168,6 +178,51 @@ async def latency(count: int = 5000, rate: float = 2000.0) -> tuple[float, float
     return quantiles[49], quantiles[98]
 
 
+UPSTREAM = {
+    "contentType": "application/json",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+}
+"""The headers of an input sent by a traced upstream."""
+
+
+def observability(n: int, rounds: int = 3) -> None:
+    """``@app.function`` with metrics on (the default), off (``binder.metrics.enabled:
+    false``), with tracing on (the OpenTelemetry SDK, a batch span processor and an exporter
+    that drops everything; inputs from a traced upstream: every message sampled), and with
+    tracing on at 1% (``ParentBased(TraceIdRatioBased(0.01))``, inputs without a trace).
+    Best of ``rounds`` interleaved runs; ratios to metrics on."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    every = TracerProvider()
+    every.add_span_processor(BatchSpanProcessor(Drop()))
+    sampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)))
+    sampled.add_span_processor(BatchSpanProcessor(Drop()))
+    cases: dict[str, dict[str, Any]] = {
+        "metrics on": {},
+        "metrics off": {"metrics": False},
+        "tracing on, every message": {"tracer_provider": every, "headers": UPSTREAM},
+        "tracing on, 1% sampled": {"tracer_provider": sampled},
+    }
+    print(f"\nObservability cost, in-memory log, {n:,} messages, best of {rounds}")
+    print(f"{'case':48} {'msg/s':>12} {'vs on':>10}")
+    for shape, use_async in (("sync", False), ("async", True)):
+        best = dict.fromkeys(cases, 0.0)
+        for _ in range(rounds):
+            for label, extra in cases.items():
+                rate = asyncio.run(through_binder(n, use_async=use_async, **extra))
+                best[label] = max(best[label], rate)
+        for label, rate in best.items():
+            print(f"{shape + ', ' + label:48} {rate:12,.0f} {rate / best['metrics on']:10.2f}")
+    every.shutdown()
+    sampled.shutdown()
+
+
 def main(n: int) -> None:
     anchor = asyncio.run(hand_written(n))
     rows = [("hand-written loop on the engine (anchor)", anchor)]
@@ -189,3 +244,4 @@ def main(n: int) -> None:
         f"\nLatency app.send → function → consumer, 5,000 msgs at 2,000/s: "
         f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
     )
+    observability(n)

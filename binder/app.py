@@ -29,6 +29,7 @@ from binder.invoke import Invoker
 from binder.outputs import Observer, OutputBinding
 from binder.retry import RetryPolicy, dead_letter_destination
 from binder.spi import Binder, ConsumerSpec
+from binder.tracing import Tracing, tracing
 
 if TYPE_CHECKING:
     from binder.testing.harness import TestHarness
@@ -63,10 +64,15 @@ class App:
         *,
         environ: Mapping[str, str] | None = None,
         metrics_registry: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self._environ = environ
         self.metrics_registry = metrics_registry
         """The ``prometheus_client`` registry ``/metrics`` serves (``None``: the default one)."""
+        self.tracer_provider = tracer_provider
+        """The OpenTelemetry tracer provider of this app's spans (``None``: the global one,
+        as it is when the app starts)."""
+        self._tracing: Tracing | None = None
         self.config: BinderSection = load_config(
             config, environ, plugins.option_models(), plugins.binding_option_models()
         )
@@ -181,7 +187,9 @@ class App:
         if self._started:
             return
         self._started = True
-        metrics.register(self, self.metrics_registry)
+        self._tracing = tracing(self.tracer_provider)
+        if self.config.metrics.enabled:
+            metrics.register(self, self.metrics_registry)
         try:
             self._pipelines = parse_definition(self.config.function_definition, self.functions)
             self._check_binding_names()
@@ -382,12 +390,14 @@ class App:
         of ``binder run --metrics-port`` answers, 200 when up, else 503)."""
         return health(self._bindings)
 
-    def _metrics_text(self) -> Callable[[], bytes] | None:
-        """What ``/metrics`` serves, or ``None`` without ``prometheus_client``."""
+    def _metrics_text(self) -> Callable[[], bytes] | str:
+        """What ``/metrics`` serves, or why nothing (off, or no ``prometheus_client``)."""
+        if not self.config.metrics.enabled:
+            return "metrics are off (binder.metrics.enabled: false)"
         try:
             import prometheus_client
         except ImportError:
-            return None
+            return "metrics need prometheus_client: pip install 'streambinder[metrics]'"
         registry = self.metrics_registry or prometheus_client.REGISTRY
         return lambda: prometheus_client.generate_latest(registry)
 
@@ -481,6 +491,7 @@ class App:
             required_groups=producer.required_groups,
             observers=self._observers,
             binder_options=producer.binder_options,
+            tracing=self._tracing,
         )
 
     async def _input(self, pipeline: Pipeline, output: OutputBinding | None) -> InputBinding:
@@ -517,6 +528,7 @@ class App:
                 observers=self._observers,
                 dead_letters_of=destination,
                 binder_options=options.binder_options,
+                tracing=self._tracing,
             )
             self._outputs[dead_letters.name] = dead_letters
         invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)
@@ -531,6 +543,8 @@ class App:
             concurrency=options.concurrency,
             batch_size=options.batch_size,
             on_fatal=self._binding_failed if self.config.on_binding_failure == "exit" else None,
+            tracing=self._tracing,
+            timed=self.config.metrics.enabled,
         )
 
     async def _binder(self, name: str | None, path: str) -> Binder:

@@ -29,11 +29,12 @@ from typing import Any
 
 from binder.errors import BackendError, ConversionError, DeliveryLimitExceeded
 from binder.invoke import Invoker
-from binder.metrics import InputStats
+from binder.metrics import InputStats, UntimedStats
 from binder.ordering import AckTracker, lane_of
 from binder.outputs import OutputBinding
 from binder.retry import RetryPolicy, dead_letter_record
 from binder.spi import Binder, Consumer, ConsumerSpec, InboundRecord, OutboundRecord
+from binder.tracing import Scope, Tracing
 
 __all__ = ["BindingState", "InputBinding", "SupplierBinding"]
 
@@ -105,10 +106,12 @@ class InputBinding(_Lifecycle):
         concurrency: int = 1,
         batch_size: int = 100,
         on_fatal: Callable[[InputBinding, BaseException], None] | None = None,
+        tracing: Tracing | None = None,
+        timed: bool = True,
     ) -> None:
         super().__init__(name)
         self.spec = spec
-        self.stats = InputStats()
+        self.stats = InputStats() if timed else UntimedStats()
         """Messages received and finished by outcome (``streambinder_messages_*_total``)."""
         self.binder = binder
         self.invoker = invoker
@@ -130,6 +133,8 @@ class InputBinding(_Lifecycle):
         self._restart_delay = self.RESTART_INITIAL
         self._chunk_done = asyncio.Event()  # one lane: no fetched chunk is being processed
         self._chunk_done.set()
+        self._tracing = tracing
+        self._system = getattr(binder, "messaging_system", None) or binder.name
 
     @property
     def destination(self) -> str:
@@ -488,19 +493,26 @@ class InputBinding(_Lifecycle):
         ends: list[int] = []
         make = self.output.record if self.output is not None else None
         took, clock = self.stats.took, time.perf_counter
+        traced, scope = self._tracing is not None, None
         started = clock()
         for done, record in enumerate(records):
             if stopping():  # finish the message in hand, start no new one
                 return done, outgoing, ends, None
+            attempt = record.deliveries
+            if traced:
+                scope = self._scope(record, attempt)
             try:
-                attempt = record.deliveries
                 if attempt != 1 and attempt > limit:
                     raise self._over_limit(record)
                 outputs = run(record, attempt)
                 if outputs and make is not None:
                     outgoing.extend([make(*output) for output in outputs])
             except Exception as exc:
+                if scope is not None:
+                    scope.close(exc)
                 return done, outgoing, ends, exc
+            if scope is not None:
+                scope.close()
             ends.append(len(outgoing))
             now = clock()
             took(now - started)
@@ -508,7 +520,7 @@ class InputBinding(_Lifecycle):
         return len(records), outgoing, ends, None
 
     async def _attempt_async(self, records: Sequence[InboundRecord]) -> _Attempt:
-        if self.invoker.direct is not None:
+        if self.invoker.direct is not None and self._tracing is None:
             return await self._attempt_direct(records)
         return await self._attempt_each(records)
 
@@ -520,18 +532,25 @@ class InputBinding(_Lifecycle):
         ends: list[int] = []
         stopping = self._stopping_check()
         took, clock = self.stats.took, time.perf_counter
+        traced, scope = self._tracing is not None, None
         for done, record in enumerate(records):
             if stopping():
                 return done, outgoing, ends, None
             started = clock()
+            attempt = record.deliveries
+            if traced:
+                scope = self._scope(record, attempt)
             try:
-                attempt = record.deliveries
                 if attempt != 1 and attempt > limit:
                     raise self._over_limit(record)
                 outputs = await run(record, attempt)
                 outgoing.extend(encode(outputs))
             except Exception as exc:
+                if scope is not None:
+                    scope.close(exc)
                 return done, outgoing, ends, exc
+            if scope is not None:
+                scope.close()
             ends.append(len(outgoing))
             took(clock() - started)
         return len(records), outgoing, ends, None
@@ -572,6 +591,29 @@ class InputBinding(_Lifecycle):
             took(clock() - started)
         return len(records), outgoing, ends, None
 
+    def _scope(self, record: InboundRecord, attempt: int) -> Scope:
+        """The process span of one attempt at ``record``, current until closed."""
+        assert self._tracing is not None
+        return self._tracing.process(self._system, self.group, record, attempt)
+
+    async def _traced(self, records: Sequence[InboundRecord], attempt: int) -> None:
+        """One attempt (a retry) at ``records`` and the send of its outputs, inside its
+        process span when tracing."""
+        tracing = self._tracing
+        if tracing is None:
+            await self._send(await self._run_one(records, attempt))
+            return
+        if self.invoker.batch:
+            scope = tracing.process_batch(self._system, self.group, records)
+        else:
+            scope = self._scope(records[0], attempt)
+        try:
+            await self._send(await self._run_one(records, attempt))
+        except Exception as exc:
+            scope.close(exc)
+            raise
+        scope.close()
+
     def _stopping_check(self) -> Callable[[], bool]:
         """When to stop starting messages: at stop with one lane; with several lanes the
         fetched messages are drained instead, since leaving a gap in a partition would have
@@ -600,8 +642,7 @@ class InputBinding(_Lifecycle):
         if batch:
             started = time.perf_counter()
             try:
-                outgoing = await self._run_batch(batch, max(r.deliveries for r in batch))
-                await self._send(outgoing)
+                await self._traced(batch, max(r.deliveries for r in batch))
             except Exception as exc:
                 await self._recover(batch, exc, complete=False)
             else:
@@ -659,7 +700,7 @@ class InputBinding(_Lifecycle):
                 raise _Abandon
             attempt += 1
             try:
-                await self._send(await self._run_one(records, attempt))
+                await self._traced(records, attempt)
             except Exception as again:
                 exc = again
                 continue
@@ -722,6 +763,7 @@ class InputBinding(_Lifecycle):
             )
             return
         letters = [dead_letter_record(r, exc, self.group, attempts) for r in records]
+        letters = self.dead_letters.traced_letters(records, letters)
         log.error(
             "%s: dead-lettering %d %s message(s) to %s after %d attempt(s): %s",
             self.name,

@@ -309,7 +309,12 @@ def normalize_binding_name(name: str) -> str:
 
 
 class MetricsConfig(_Model):
-    """``binder.metrics``: where ``binder run`` serves ``/metrics`` and ``/health/*``."""
+    """``binder.metrics``: whether metrics are kept, where ``binder run`` serves ``/metrics``
+    and ``/health/*``."""
+
+    enabled: bool = True
+    """``false``: nothing is registered with ``prometheus_client`` and no message is timed
+    (``/metrics`` answers 501; ``/health/*`` are served as ever)."""
 
     port: int | None = Field(None, ge=0, le=65535)
     """``None``: not served (``binder run --metrics-port`` sets it); ``0``: any free port."""

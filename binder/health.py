@@ -3,7 +3,8 @@
 ``GET /health/live`` answers 200 while the process runs; ``GET /health/ready`` 200 when every
 binding is ``running`` or ``paused``, else 503, with the body of :func:`health` as JSON;
 ``GET /metrics`` the Prometheus text format of the app's registry (the ``metrics`` extra,
-``prometheus_client``; without it, 501 saying how to install it). Anything else is 404.
+``prometheus_client``; without it, or with ``binder.metrics.enabled: false``, 501 saying
+so). Anything else is 404.
 
 The server runs on the app's event loop (``asyncio.start_server``): a scrape reads the
 bindings' states where they change, and costs nothing between scrapes.
@@ -46,12 +47,14 @@ def health(bindings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class HealthServer:
-    """Serves health and metrics on ``host:port`` (port 0: any free one, see :attr:`port`)."""
+    """Serves health and metrics on ``host:port`` (port 0: any free one, see :attr:`port`).
+
+    ``metrics`` makes the ``/metrics`` text, or is why there is none (answered with 501)."""
 
     def __init__(
         self,
         report: Callable[[], dict[str, Any]],
-        metrics: Callable[[], bytes] | None,
+        metrics: Callable[[], bytes] | str,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -114,8 +117,7 @@ class HealthServer:
                 orjson.dumps(report),
             )
         if target == b"/metrics":
-            if self._metrics is None:
-                text = b"metrics need prometheus_client: pip install 'streambinder[metrics]'\n"
-                return 501, "text/plain", text
+            if isinstance(self._metrics, str):
+                return 501, "text/plain", f"{self._metrics}\n".encode()
             return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
         return 404, "text/plain", b"not found\n"

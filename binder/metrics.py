@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from binder.app import App
 
-__all__ = ["BOUNDS", "OUTCOMES", "InputStats", "OutputStats", "register", "unregister"]
+__all__ = [
+    "BOUNDS",
+    "OUTCOMES",
+    "InputStats",
+    "OutputStats",
+    "UntimedStats",
+    "register",
+    "unregister",
+]
 
 OUTCOMES = ("ok", "retried", "dead_lettered", "dropped")
 ANONYMOUS = "anonymous"
@@ -66,6 +74,15 @@ class InputStats:
         """One message (or batch) handled in ``seconds``."""
         self.buckets[bisect.bisect_left(BOUNDS, seconds)] += 1
         self.seconds += seconds
+
+
+class UntimedStats(InputStats):
+    """The stats of a binding whose app has metrics off: counted, never timed."""
+
+    __slots__ = ()
+
+    def took(self, seconds: float) -> None:
+        """Nothing: metrics are off."""
 
 
 @dataclass(slots=True)

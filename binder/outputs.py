@@ -29,7 +29,8 @@ from binder.errors import ClosedError, ConversionError
 from binder.message import CONTENT_TYPE, TOMBSTONE, decode_key, key_bytes, normalize_headers
 from binder.metrics import OutputStats
 from binder.partitioning import KeyExpression, partition_key, select_partition
-from binder.spi import Binder, OutboundRecord, Producer, ProducerSpec
+from binder.spi import Binder, InboundRecord, OutboundRecord, Producer, ProducerSpec
+from binder.tracing import TracedRecord, Tracing, end_sent
 
 __all__ = ["Observer", "OutputBinding"]
 
@@ -54,6 +55,7 @@ class OutputBinding:
         observers: list[Observer] | None = None,
         dead_letters_of: str | None = None,
         binder_options: Any = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -77,6 +79,9 @@ class OutputBinding:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._encode = converters.get(content_type).encode
         self._partitioned = partition_count > 1 or key_expression is not None
+        self._tracing = tracing
+        self._system = getattr(binder, "messaging_system", None) or binder.name
+        self._traced = False  # some record made here has a publish span to end
 
     @property
     def started(self) -> bool:
@@ -137,7 +142,22 @@ class OutputBinding:
         partition = self._sticky
         if self._partitioned:
             partition = self._partition(payload, headers, key, raw_key)
-        return OutboundRecord(value, raw_key, headers, partition)
+        if self._tracing is None:
+            return OutboundRecord(value, raw_key, headers, partition)
+        return self._made(value, raw_key, headers, partition)
+
+    def _made(
+        self, value: bytes | None, key: bytes | None, headers: dict[str, str], partition: int
+    ) -> OutboundRecord:
+        """A new record; when tracing, with its publish span started under the current
+        context and ``traceparent`` in its headers."""
+        tracing = self._tracing
+        if tracing is None:
+            return OutboundRecord(value, key, headers, partition)
+        record = TracedRecord(value, key, headers, partition)
+        tracing.publish(self._system, self.destination, record)
+        self._traced = True
+        return record
 
     def _tombstone(self, key: Any, headers: dict[str, str] | None) -> OutboundRecord:
         """A record without a value (no ``contentType`` is added: there is no content); a key
@@ -152,7 +172,7 @@ class OutputBinding:
         partition = self._sticky
         if self._partitioned:
             partition = self._partition(None, headers, key, raw_key)
-        return OutboundRecord(None, raw_key, headers, partition)
+        return self._made(None, raw_key, headers, partition)
 
     def records(self, outputs: Iterable[tuple[Any, Any, dict[str, str]]]) -> list[OutboundRecord]:
         """Encode a function's outputs."""
@@ -179,6 +199,16 @@ class OutputBinding:
             if not 0 <= record.partition < count:
                 key = record.key
                 record.partition = self._sticky if key is None else select_partition(key, count)
+
+    def traced_letters(
+        self, originals: Sequence[InboundRecord], letters: list[OutboundRecord]
+    ) -> list[OutboundRecord]:
+        """Dead letters of ``originals`` with publish spans under the originals' contexts
+        (their ``traceparent`` kept, not replaced), when tracing."""
+        if self._tracing is None:
+            return letters
+        self._traced = True
+        return self._tracing.letters(self._system, self.destination, originals, letters)
 
     async def send(
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
@@ -252,10 +282,14 @@ class OutputBinding:
             self._keep_or_place(records)
         try:
             await producer.send_batch(records)
-        except Exception:
+        except Exception as exc:
             self.stats.errors += len(records)
+            if self._traced:
+                end_sent(records, exc)
             raise
         self.stats.sent += len(records)
+        if self._traced:
+            end_sent(records)
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)

@@ -80,14 +80,15 @@ class RetryPolicy:
 
     def is_retryable(self, exc: BaseException) -> bool:
         """The most specific class in ``retryable-exceptions`` wins (by MRO), else the default."""
-        for klass in type(_unwrap(exc)).__mro__:
+        for klass in type(cause_of(exc)).__mro__:
             for name in (f"{klass.__module__}.{klass.__qualname__}", klass.__qualname__):
                 if name in self.retryable:
                     return self.retryable[name]
         return self.default_retryable
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def cause_of(exc: BaseException) -> BaseException:
+    """What the function raised, for a :class:`HandlerError` wrapping it; else ``exc``."""
     if isinstance(exc, HandlerError) and exc.__cause__ is not None:
         return exc.__cause__
     return exc
@@ -118,7 +119,7 @@ def dead_letter_record(
     destination has that many partitions, else places it like any record (by key, else
     with its batch's keyless records); see :class:`binder.outputs.OutputBinding`.
     """
-    cause = _unwrap(exc)
+    cause = cause_of(exc)
     own = {
         EXCEPTION_TYPE: f"{type(cause).__module__}.{type(cause).__qualname__}",
         EXCEPTION_MESSAGE: _encodable(str(cause)[:MAX_HEADER_TEXT]),

@@ -142,6 +142,9 @@ class InboundRecord:
     dead-letters a record delivered more than ``max-attempts`` times without calling its
     function (:class:`~binder.errors.DeliveryLimitExceeded`): a message that kills its
     consumer every time cannot loop.
+
+    ``message_id`` is the backend's own id of the record where it has one and no offset
+    (Redis: the entry id; RabbitMQ: the ``message-id`` property); tracing reports it.
     """
 
     destination: str
@@ -154,6 +157,7 @@ class InboundRecord:
     token: Any = None
     raw_headers: RawHeaders | None = None
     deliveries: int = 1
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,10 @@ class Binder(Protocol):
     method, and the clients it makes, run there; a binder may keep loop-bound state).
     Methods other than :meth:`start` and :meth:`close` raise
     :class:`~binder.errors.ClosedError` once it is closed (until started again).
+
+    A binder may have a ``messaging_system`` attribute: what tracing reports as
+    ``messaging.system`` (``kafka``, ``redis``, ``rabbitmq``; the log's is
+    ``streambinder``); without one it is the binder's name.
     """
 
     name: str

@@ -55,3 +55,13 @@ def test_the_quickstart_yaml_is_the_quickstart_configuration() -> None:
     (block,) = [b for b in _yaml_blocks() if "price-in-0" in b and "pricetax" not in b]
     written = load_config(yaml.safe_load(block), {}, plugins.option_models())
     assert written == shop.app.config
+
+
+def test_the_tracing_example_runs_and_makes_one_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    (block,) = [b for b in _python_blocks() if "TracerProvider" in b]
+    namespace: dict[str, object] = {"__name__": "readme_tracing"}
+    exec(compile(block, "README-tracing", "exec"), namespace)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "['words publish', 'words process', 'shouts publish']"
+    spans = namespace["exporter"].get_finished_spans()  # type: ignore[attr-defined]
+    assert len({span.context.trace_id for span in spans}) == 1

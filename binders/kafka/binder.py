@@ -51,6 +51,8 @@ record batch, so payload, key, headers and framing together stay under 1 MiB."""
 class KafkaBinder:
     """One Kafka cluster, as configured by :class:`KafkaOptions`."""
 
+    messaging_system = "kafka"
+
     def __init__(self, name: str, options: KafkaOptions, capabilities: Capabilities) -> None:
         self.name = name
         self.options = options

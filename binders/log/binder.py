@@ -131,6 +131,8 @@ class LogBinder:
     to close.
     """
 
+    messaging_system = "streambinder"
+
     capabilities = CAPABILITIES
 
     def __init__(self, name: str, options: LogOptions) -> None:

@@ -127,6 +127,8 @@ def merged(base: QueueOptions, override: Any) -> QueueOptions:
 class RabbitBinder:
     """One RabbitMQ server (one virtual host), as configured by :class:`RabbitOptions`."""
 
+    messaging_system = "rabbitmq"
+
     def __init__(self, name: str, options: RabbitOptions, capabilities: Capabilities) -> None:
         from binders.rabbit.errors import masked_url
 

@@ -295,6 +295,7 @@ class RabbitConsumer:
             stamp.timestamp() if stamp is not None else None,
             (message.channel, delivery.delivery_tag, delivery.consumer_tag, deliveries == 1),
             deliveries=deliveries,
+            message_id=properties.message_id,
         )
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:

@@ -82,6 +82,8 @@ class Keys:
 class RedisBinder:
     """One Redis server (or cluster), as configured by :class:`RedisOptions`."""
 
+    messaging_system = "redis"
+
     def __init__(self, name: str, options: RedisOptions, capabilities: Capabilities) -> None:
         from binders.redis.errors import masked_url
 

@@ -307,6 +307,7 @@ class RedisConsumer:
             entry_id,
             None,
             deliveries,
+            entry_id.decode(),
         )
 
     async def _group_deleted(self, partitions: list[int]) -> None:

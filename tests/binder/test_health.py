@@ -170,17 +170,32 @@ def test_binder_run_serves_health_and_metrics_on_its_metrics_port(tmp_path: Path
     assert proc.returncode == 0, rest
 
 
-def test_without_prometheus_client_metrics_answer_501_naming_the_extra() -> None:
-    async def scenario() -> tuple[int, bytes]:
-        server = HealthServer(lambda: {"status": "up", "bindings": {}}, None, port=0)
+@pytest.mark.parametrize("case", ["no prometheus_client", "metrics off"])
+def test_without_metrics_the_endpoint_answers_501_saying_why(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc: dict[str, Any] = {}
+    if case == "metrics off":
+        doc = {"metrics": {"enabled": False}}
+    else:
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    app = App(config={"binder": doc}, environ={})
+
+    async def scenario() -> tuple[int, bytes, int]:
+        server = HealthServer(app.health, app._metrics_text(), port=0)
         await server.start()
         try:
-            return await asyncio.to_thread(_get, f"http://127.0.0.1:{server.port}/metrics")
+            base = f"http://127.0.0.1:{server.port}"
+            status, body = await asyncio.to_thread(_get, f"{base}/metrics")
+            live, _ = await asyncio.to_thread(_get, f"{base}/health/live")
+            return status, body, live
         finally:
             await server.close()
 
-    status, body = asyncio.run(scenario())
-    assert status == 501 and b"streambinder[metrics]" in body
+    status, body, live = asyncio.run(scenario())
+    assert status == 501 and live == 200
+    why = b"streambinder[metrics]" if case == "no prometheus_client" else b"enabled: false"
+    assert why in body
 
 
 def test_the_metrics_port_and_host_are_configuration_keys() -> None:

@@ -181,3 +181,29 @@ def test_a_rebalance_is_counted_logged_and_the_partitions_follow(
     assert (alone, both) == (2.0, 2.0), "the group holds both partitions, shared after"
     assert changes is not None and changes >= 3, "assigned, revoked, assigned"
     assert "revoked, handed over after" in caplog.text
+
+
+def test_with_metrics_off_nothing_is_registered_or_timed(broker: str) -> None:
+    registry = CollectorRegistry()
+    bindings = {"sink-in-0": {"destination": "orders", "group": "g"}}
+    doc = {
+        "binders": {"local": {"type": "log", "broker": broker}},
+        "bindings": bindings,
+        "metrics": {"enabled": False},
+    }
+    app = App(config={"binder": doc}, environ={}, metrics_registry=registry)
+    seen: Inbox[Any] = Inbox()
+    app.consumer(seen.add, name="sink")
+
+    async def scenario() -> tuple[int, list[int], bytes]:
+        async with app:
+            for n in range(3):
+                await app.send("orders", {"n": n})
+            await seen.wait_count(3, "the orders")
+            stats = app.binding("sink-in-0").stats  # type: ignore[union-attr]
+            return stats.received, list(stats.buckets), generate_latest(registry)
+
+    received, buckets, text = asyncio.run(scenario())
+    assert received == 3  # counted in memory, as ever
+    assert sum(buckets) == 0  # never timed
+    assert b"streambinder_" not in text

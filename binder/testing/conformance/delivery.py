@@ -20,6 +20,7 @@ __all__ = [
     "test_round_trip_one_mebibyte",
     "test_round_trip_unicode",
     "test_supplier_output_is_delivered",
+    "test_trace_context_crosses_the_backend",
 ]
 
 Sent = tuple[Any, Any, dict[str, str]]
@@ -220,3 +221,58 @@ def test_supplier_output_is_delivered(conformance: Conformance, dest: str, group
     ticks = run(scenario())
     first = ticks[0]
     assert ticks[:3] == [first, first + 1, first + 2], f"ticks arrive in order: {ticks}"
+
+
+def test_trace_context_crosses_the_backend(conformance: Conformance, dest: str, group: str) -> None:
+    """With an OpenTelemetry SDK (skipped without ``opentelemetry-sdk``): ``app.send``'s
+    publish span, the function's process span, its output's publish span and the consumer's
+    process span make one trace across the backend, each the child of the one before, the
+    ``traceparent`` carried in the binder's headers."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="needs opentelemetry-sdk")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    out = f"{dest}-out"
+    either = conformance.group_or_anonymous(group)
+
+    async def scenario() -> list[Message[Any]]:
+        await conformance.provision(dest, 1)
+        await conformance.provision(out, 1)
+        app = conformance.app(
+            {
+                "relay-in-0": {"destination": dest, "group": either},
+                "relay-out-0": {"destination": out},
+                "collect-in-0": {"destination": out, "group": either},
+            },
+            tracer_provider=provider,
+        )
+        inbox: Inbox[Message[Any]] = Inbox()
+        app.function(lambda order: order, name="relay")
+
+        @app.consumer
+        async def collect(message: Message[dict]) -> None:  # type: ignore[type-arg]
+            inbox.add(message)
+
+        async with app:
+            await app.send(dest, {"n": 1})
+            received = await inbox.wait_count(1, f"the relayed message on {out}")
+        provider.force_flush()
+        return received
+
+    (message,) = run(scenario())
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    chain = [spans.get(f"{dest} publish"), spans.get(f"{dest} process")]
+    chain += [spans.get(f"{out} publish"), spans.get(f"{out} process")]
+    assert all(chain), f"four spans, got {sorted(spans)}"
+    for parent, child in itertools.pairwise(chain):
+        assert child.parent is not None and child.parent.span_id == parent.context.span_id
+        assert child.context.trace_id == chain[0].context.trace_id
+    assert chain[3].parent.is_remote, "the consumer's parent came in the message's headers"
+    assert message.headers["traceparent"].split("-")[2] == f"{chain[2].context.span_id:016x}"
+    handled = chain[1].attributes
+    assert handled["messaging.destination.name"] == dest
+    assert handled["messaging.operation.type"] == "process"
+    assert handled["messaging.system"] == chain[0].attributes["messaging.system"]

@@ -235,11 +235,13 @@ class Conformance:
         definition: str | None = None,
         wrap: Callable[[Binder], Binder] | None = None,
         options: Mapping[str, Any] | None = None,
+        tracer_provider: Any = None,
     ) -> App:
         """An App on the binder under test; register functions on it, then ``async with``.
 
         ``wrap`` wraps the binder the app makes (to inject faults at the SPI boundary);
-        ``options`` are binder options added to the configured ones for this app."""
+        ``options`` are binder options added to the configured ones for this app;
+        ``tracer_provider`` is the app's OpenTelemetry one."""
         bindings = {name: dict(binding) for name, binding in (bindings or {}).items()}
         for binding in bindings.values():
             self._declare_binding(binding)
@@ -250,7 +252,7 @@ class Conformance:
         }
         if definition is not None:
             section["function-definition"] = definition
-        app = App(config={"binder": section}, environ={})
+        app = App(config={"binder": section}, environ={}, tracer_provider=tracer_provider)
         if wrap is not None:
             kind = self.binder_type
             app.use_binder_factory(lambda name, entry: wrap(kind.create(name, entry.options)))

@@ -6,6 +6,7 @@
 
 from binder.app import App
 from binder.bindings import BindingState
+from binder.clock import ManualClock
 from binder.errors import (
     BackendError,
     BinderError,
@@ -15,6 +16,7 @@ from binder.errors import (
     ConversionError,
     ExpressionError,
     HandlerError,
+    MessageExpired,
 )
 from binder.message import TOMBSTONE, Message
 
@@ -33,5 +35,7 @@ __all__ = [
     "ConversionError",
     "ExpressionError",
     "HandlerError",
+    "ManualClock",
     "Message",
+    "MessageExpired",
 ]

@@ -51,11 +51,11 @@ ENV_PREFIX = "BINDER_"
 _IGNORED_PREFIX = "BINDER_TEST_"
 _SECTION = "binder"
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|ms|s|m|h)?\s*")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|ms|s|m|h|d)?\s*")
 _DURATION_HELP = (
     "expected a non-negative duration: seconds as a number, or a string such as "
-    "'500us', '250ms', '1.5s', '1m', '1h'"
+    "'500us', '250ms', '1.5s', '1m', '1h', '7d'"
 )
 
 EnvPath = tuple[str, ...]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import re
 import signal
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from binder import metrics, plugins
 from binder.bindings import BindingState, InputBinding, SupplierBinding
+from binder.clock import SYSTEM, Clock, millis_of, seconds_of
 from binder.config import BinderSection, BindingConfig, load_config, load_yaml
 from binder.converters import ConverterRegistry
 from binder.errors import BinderError, CapabilityError, ConfigError
@@ -26,6 +30,7 @@ from binder.functions import (
 )
 from binder.health import HealthServer, health
 from binder.invoke import Invoker
+from binder.message import DELAY, EXPIRES_AT
 from binder.outputs import Observer, OutputBinding
 from binder.retry import RetryPolicy, dead_letter_destination
 from binder.spi import Binder, ConsumerSpec
@@ -65,6 +70,7 @@ class App:
         environ: Mapping[str, str] | None = None,
         metrics_registry: Any = None,
         tracer_provider: Any = None,
+        clock: Clock | None = None,
     ) -> None:
         self._environ = environ
         self.metrics_registry = metrics_registry
@@ -73,6 +79,9 @@ class App:
         """The OpenTelemetry tracer provider of this app's spans (``None``: the global one,
         as it is when the app starts)."""
         self._tracing: Tracing | None = None
+        self.clock: Clock = clock if clock is not None else SYSTEM
+        """What time it is for this app: when delayed messages are due, when messages expire
+        (``app.test(clock=ManualClock())`` moves it by hand)."""
         self.config: BinderSection = load_config(
             config, environ, plugins.option_models(), plugins.binding_option_models()
         )
@@ -297,34 +306,71 @@ class App:
         fatal = self._fatal
         return fatal.result() if fatal is not None and fatal.done() else None
 
-    def test(self, *, broker: str | None = None) -> TestHarness:
+    def test(self, *, broker: str | None = None, clock: Clock | None = None) -> TestHarness:
         """A harness that runs this app with every binder swapped for an in-memory log.
 
         The log is private to the harness unless ``broker`` names one that several
         apps under test share. ``BINDER_TEST_BINDER=<type>`` runs on that binder type.
+        ``clock`` (a :class:`~binder.clock.ManualClock`) is the time the app goes by while
+        under test: delayed messages become due, and messages expire, when the test moves it
+        (``clock.advance(60)``), without sleeping.
         """
         from binder.testing.harness import TestHarness
 
-        return TestHarness(self, broker=broker)
+        return TestHarness(self, broker=broker, clock=clock)
 
     # -- sending ----------------------------------------------------------------------------
 
     def send(
-        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        payload: Any,
+        *,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        ttl: float | timedelta | None = None,
     ) -> asyncio.Future[None]:
         """Send to the binding called ``name`` (its destination and producer settings),
         else to the destination ``name`` on the default binder.
 
-        Returns an awaitable that completes once the backend accepted the message. Sends made
-        in one loop iteration go to the backend together, and no task is made per send, so
-        ``await asyncio.gather(*(app.send(...) for ...))`` runs at the client's speed.
+        ``delay`` (seconds or a ``timedelta``) holds the message back: no consumer gets it
+        before then (the header ``x-delay``, in milliseconds, does the same); it arrives with
+        ``x-deliver-at``, its due time in epoch ms. ``ttl`` makes it expire that long after
+        this call (``x-expires-at``; the binding's ``producer.ttl`` when not given): a
+        consumer receiving it later does not handle it. Both need no code on the consumer.
+
+        Returns an awaitable that completes once the backend accepted (or, delayed, holds) the
+        message. Sends made in one loop iteration go to the backend together, and no task is
+        made per send, so ``await asyncio.gather(*(app.send(...) for ...))`` runs at the
+        client's speed.
         """
         if not self._started:
             raise BinderError("the app is not running: use `async with app:` or app.run()")
+        if delay is not None or ttl is not None:
+            headers = self._timed_headers(headers, delay, ttl)
         output = self._outputs.get(name) or self._cached_send_output(name)
         if output is not None:
             return output.submit(payload, key, headers)
         return self._first_send(name, payload, key, headers)
+
+    def _timed_headers(
+        self,
+        headers: Mapping[str, Any] | None,
+        delay: float | timedelta | None,
+        ttl: float | timedelta | None,
+    ) -> dict[str, Any]:
+        """``headers`` with ``x-delay`` for ``delay`` and ``x-expires-at`` for ``ttl``."""
+        timed = dict(headers) if headers else {}
+        if delay is not None:
+            if seconds_of(delay) < 0:
+                raise ValueError(f"delay must be 0 or more seconds, got {delay!r}")
+            timed[DELAY] = str(millis_of(delay))
+        if ttl is not None:
+            if seconds_of(ttl) <= 0:
+                raise ValueError(f"ttl must be more than 0 seconds, got {ttl!r}")
+            timed[EXPIRES_AT] = str(int(self.clock.time() * 1000) + millis_of(ttl))
+        return timed
 
     def _first_send(
         self, name: str, payload: Any, key: Any, headers: Mapping[str, Any] | None
@@ -492,6 +538,8 @@ class App:
             observers=self._observers,
             binder_options=producer.binder_options,
             tracing=self._tracing,
+            clock=self.clock,
+            ttl=producer.ttl,
         )
 
     async def _input(self, pipeline: Pipeline, output: OutputBinding | None) -> InputBinding:
@@ -529,14 +577,17 @@ class App:
                 dead_letters_of=destination,
                 binder_options=options.binder_options,
                 tracing=self._tracing,
+                clock=self.clock,
             )
             self._outputs[dead_letters.name] = dead_letters
         invoker = Invoker(pipeline, self.converters, config.content_type, options.batch_mode)
-        return InputBinding(
-            name,
-            spec,
-            binder,
-            invoker,
+        later = None
+        if options.retry_mode == "delayed":
+            later = await self._retry_output(name, binder, destination, config)
+        made = functools.partial(
+            InputBinding,
+            binder=binder,
+            invoker=invoker,
             output=output,
             dead_letters=dead_letters,
             policy=RetryPolicy.from_options(options),
@@ -545,7 +596,47 @@ class App:
             on_fatal=self._binding_failed if self.config.on_binding_failure == "exit" else None,
             tracing=self._tracing,
             timed=self.config.metrics.enabled,
+            clock=self.clock,
+            drop_expired=options.expired == "drop",
+            retry_output=later,
         )
+        if later is not None:  # the retries are read by a binding of their own, in the group
+            retries = dataclasses.replace(spec, destination=later.destination)
+            retrying = made(f"{name}.retry", retries, retries_of=destination)
+            self._bindings[retrying.name] = retrying
+        return made(name, spec)
+
+    async def _retry_output(
+        self, name: str, binder: Binder, destination: str, config: BindingConfig
+    ) -> OutputBinding:
+        """The output a binding with ``retry-mode: delayed`` schedules its retries to:
+        ``<destination>.<group>.retry``, with as many partitions as the destination."""
+        path = f"binder.bindings.{name}.consumer.retry-mode"
+        if config.group is None:
+            raise ConfigError(
+                "delayed retries need a group (the retries are the group's)", path=path
+            )
+        if not binder.capabilities.delayed_delivery:
+            raise CapabilityError(
+                f"delayed retries need delayed_delivery, which binder {binder.name!r} lacks",
+                path=path,
+            )
+        count = await binder.provision(destination, 1)
+        later = OutputBinding(
+            f"{name}.retry",
+            f"{destination}.{config.group}.retry",
+            binder,
+            self.converters,
+            content_type=config.content_type,
+            partition_count=count,
+            observers=self._observers,
+            binder_options=config.consumer.binder_options,
+            tracing=self._tracing,
+            clock=self.clock,
+        )
+        await later.start()
+        self._outputs[later.name] = later
+        return later
 
     async def _binder(self, name: str | None, path: str) -> Binder:
         name = name or self.config.default_binder
@@ -557,6 +648,8 @@ class App:
         if entry is None:
             raise ConfigError("unknown binder", path=f"{path}.binder", value=name)
         binder = self._create_binder(name, entry)
+        if hasattr(binder, "clock"):  # a binder that holds delayed records goes by the app's
+            binder.clock = self.clock
         await binder.start()
         raced = self._binders.get(name)  # started meanwhile by a concurrent first send
         if raced is not None:

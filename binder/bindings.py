@@ -25,10 +25,13 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from binder.errors import BackendError, ConversionError, DeliveryLimitExceeded
+from binder.clock import SYSTEM, Clock
+from binder.errors import BackendError, ConversionError, DeliveryLimitExceeded, MessageExpired
 from binder.invoke import Invoker
+from binder.message import DELAY, DELIVERY_ATTEMPT, EXPIRES_AT
 from binder.metrics import InputStats, UntimedStats
 from binder.ordering import AckTracker, lane_of
 from binder.outputs import OutputBinding
@@ -108,6 +111,10 @@ class InputBinding(_Lifecycle):
         on_fatal: Callable[[InputBinding, BaseException], None] | None = None,
         tracing: Tracing | None = None,
         timed: bool = True,
+        clock: Clock = SYSTEM,
+        drop_expired: bool = False,
+        retry_output: OutputBinding | None = None,
+        retries_of: str | None = None,
     ) -> None:
         super().__init__(name)
         self.spec = spec
@@ -135,6 +142,13 @@ class InputBinding(_Lifecycle):
         self._chunk_done.set()
         self._tracing = tracing
         self._system = getattr(binder, "messaging_system", None) or binder.name
+        self._clock = clock
+        self._drop_expired = drop_expired
+        self.retry_output = retry_output
+        """Where a failed attempt is scheduled again (``retry-mode: delayed``), else ``None``."""
+        self.retries_of = retries_of
+        """The destination whose retries this binding reads (its attempts are numbered by
+        ``x-delivery-attempt``; its letters name that destination as the original)."""
 
     @property
     def destination(self) -> str:
@@ -342,6 +356,8 @@ class InputBinding(_Lifecycle):
                     self._fetching = False
                 if not records:
                     return
+                if self.retries_of is not None:
+                    _number_retries(records)
                 self.stats.received += len(records)
                 self._restart_delay = self.RESTART_INITIAL  # working again
                 if self._lanes:
@@ -504,6 +520,8 @@ class InputBinding(_Lifecycle):
             try:
                 if attempt != 1 and attempt > limit:
                     raise self._over_limit(record)
+                if record.headers and EXPIRES_AT in record.headers:
+                    self._check_expiry(record)
                 outputs = run(record, attempt)
                 if outputs and make is not None:
                     outgoing.extend([make(*output) for output in outputs])
@@ -543,6 +561,8 @@ class InputBinding(_Lifecycle):
             try:
                 if attempt != 1 and attempt > limit:
                     raise self._over_limit(record)
+                if record.headers and EXPIRES_AT in record.headers:
+                    self._check_expiry(record)
                 outputs = await run(record, attempt)
                 outgoing.extend(encode(outputs))
             except Exception as exc:
@@ -570,7 +590,8 @@ class InputBinding(_Lifecycle):
             if stopping():
                 return done, outgoing, ends, None
             started = clock()
-            if record.deliveries != 1:  # delivered before: numbered attempts from here on
+            if record.deliveries != 1 or (record.headers and EXPIRES_AT in record.headers):
+                # delivered before (numbered attempts from here on), or expiring
                 base = len(outgoing)
                 more, tail, tail_ends, failure = await self._attempt_each(records[done:])
                 outgoing.extend(tail)
@@ -634,11 +655,17 @@ class InputBinding(_Lifecycle):
         dead-lettered first and left out of it. All are committed together at the end."""
         limit = self.policy.max_attempts
         batch = records
-        if any(r.deliveries > limit for r in records):
+        if any(r.deliveries > limit or EXPIRES_AT in r.headers for r in records):
+            batch = []
             for record in records:  # each letter with its own count
                 if record.deliveries > limit:
                     await self._give_up([record], self._over_limit(record), record.deliveries - 1)
-            batch = [r for r in records if r.deliveries <= limit]
+                    continue
+                expired = self._expiry(record)
+                if expired is not None:
+                    await self._give_up([record], expired, record.deliveries - 1)
+                    continue
+                batch.append(record)
         if batch:
             started = time.perf_counter()
             try:
@@ -690,12 +717,17 @@ class InputBinding(_Lifecycle):
         self, records: Sequence[InboundRecord], exc: BaseException, *, complete: bool
     ) -> None:
         attempt = max(r.deliveries for r in records)
-        if isinstance(exc, DeliveryLimitExceeded):
+        if isinstance(exc, DeliveryLimitExceeded | MessageExpired):
             attempt -= 1  # the attempts that failed: this delivery's was not made
         while self.policy.should_retry(exc, attempt):
             delay = self.policy.delay(attempt)
             self.stats.retried += len(records)
             self._log_retry(records, exc, attempt, delay)
+            if self.retry_output is not None:  # retry-mode: delayed
+                await self._retry_later(records, attempt + 1, delay)
+                if complete:
+                    await self._complete(records)
+                return
             if await self._sleep(delay):
                 raise _Abandon
             attempt += 1
@@ -711,6 +743,43 @@ class InputBinding(_Lifecycle):
         await self._give_up(records, exc, attempt)
         if complete:
             await self._complete(records)
+
+    def _expiry(self, record: InboundRecord) -> MessageExpired | None:
+        """Why ``record`` is not to be handled: received after its ``x-expires-at``; ``None``
+        while it is valid (or its ``x-expires-at`` is not a number: another program's)."""
+        text = record.headers.get(EXPIRES_AT)
+        if text is None:
+            return None
+        try:
+            at = float(text)
+        except ValueError:
+            return None
+        now = self._clock.time() * 1000
+        if not now > at:
+            return None
+        return MessageExpired(
+            f"expired: x-expires-at {text} ({_iso(at)}), received {now - at:.0f} ms later"
+        )
+
+    def _check_expiry(self, record: InboundRecord) -> None:
+        expired = self._expiry(record)
+        if expired is not None:
+            raise expired
+
+    async def _retry_later(
+        self, records: Sequence[InboundRecord], attempt: int, delay: float
+    ) -> None:
+        """Schedule ``records`` to this group's retry destination as attempt ``attempt``,
+        due after ``delay`` seconds (they are committed here once it holds them)."""
+        output = self.retry_output
+        assert output is not None
+        millis = str(max(1, round(delay * 1000)))
+        again = []
+        for record in records:
+            headers = {**record.headers, DELIVERY_ATTEMPT: str(attempt), DELAY: millis}
+            headers.setdefault(RETRY_OF, self.retries_of or record.destination)
+            again.append(output.forward(record.value, record.key, headers))
+        await output.send_records(again)
 
     def _over_limit(self, record: InboundRecord) -> DeliveryLimitExceeded:
         return DeliveryLimitExceeded(
@@ -749,6 +818,18 @@ class InputBinding(_Lifecycle):
     ) -> None:
         kind = "undecodable" if isinstance(exc, ConversionError) else "failed"
         extra = self._extra(records)
+        if isinstance(exc, MessageExpired):
+            kind = "expired"
+            if self._drop_expired:
+                self.stats.dropped += len(records)
+                log.warning(
+                    "%s: dropping %d expired message(s) (consumer.expired: drop): %s",
+                    self.name,
+                    len(records),
+                    exc,
+                    extra=extra,
+                )
+                return
         if self.dead_letters is None:
             self.stats.dropped += len(records)
             log.error(
@@ -762,7 +843,9 @@ class InputBinding(_Lifecycle):
                 extra=extra,
             )
             return
-        letters = [dead_letter_record(r, exc, self.group, attempts) for r in records]
+        letters = [
+            dead_letter_record(r, exc, self.group, attempts, self.retries_of) for r in records
+        ]
         letters = self.dead_letters.traced_letters(records, letters)
         log.error(
             "%s: dead-lettering %d %s message(s) to %s after %d attempt(s): %s",
@@ -793,6 +876,27 @@ LAG_INTERVAL = 2.0
 """Seconds between two reads of a serving consumer's lag (``streambinder_consumer_lag``)."""
 _COMMIT_ATTEMPTS = 5
 _COMMIT_BACK_OFF = 0.1  # seconds, doubling: 0.1 + 0.2 + 0.4 + 0.8 before giving up
+
+
+RETRY_OF = "x-retry-of"
+"""Header of a scheduled retry: the destination the message was first consumed from."""
+
+
+def _number_retries(records: Sequence[InboundRecord]) -> None:
+    """Records read from a retry destination: each one's attempt is the ``x-delivery-attempt``
+    it was scheduled with (plus any redeliveries of this read)."""
+    for record in records:
+        text = record.headers.get(DELIVERY_ATTEMPT)
+        if text is not None and text.isdigit():
+            record.deliveries = int(text) + record.deliveries - 1
+
+
+def _iso(millis: float) -> str:
+    """Epoch ms as an ISO 8601 UTC time, for people reading a log or a letter."""
+    try:
+        return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
 
 
 def _first_cause(exc: BaseException) -> BaseException:

@@ -185,6 +185,16 @@ class ConsumerOptions(_BindingPart):
     batch_size: int = Field(100, ge=1)
     start_offset: Literal["earliest", "latest"] | None = None
     """``None``: earliest for a named group that never committed, latest for anonymous."""
+    retry_mode: Literal["in-place", "delayed"] = "in-place"
+    """``in-place``: a failed message is retried where it is, holding back its partition (per
+    key order kept). ``delayed``: a failed attempt is acknowledged and the message is sent again
+    after the back-off, through delayed delivery to ``<destination>.<group>.retry`` (which the
+    binding also consumes), so later messages flow meanwhile; order per key is not kept for a
+    message under retry. Needs a group and a binder with ``delayed_delivery``."""
+    expired: Literal["dead-letter", "drop"] = "dead-letter"
+    """What happens to a message received after its ``x-expires-at``: dead-lettered with
+    ``x-exception-type`` naming :class:`~binder.errors.MessageExpired` (dropped when the binding
+    has no dead-letter destination), or ``drop``: dropped, logged and counted."""
 
     def warn_unknown_exceptions(self, path: str) -> list[str]:
         """Log a warning for each ``retryable-exceptions`` name that no loaded module defines
@@ -207,6 +217,10 @@ class ProducerOptions(_BindingPart):
     """The fewest partitions the destination is provisioned with; records are placed over
     its real partition count, which may be higher (made elsewhere, or by the binder)."""
     required_groups: list[str] = Field(default_factory=list)
+    ttl: Duration | None = None
+    """How long a message this binding sends stays valid: it carries ``x-expires-at`` (the
+    send time plus ``ttl``, epoch ms), and a consumer receiving it later does not handle it
+    (see ``consumer.expired``). ``None``: no expiry."""
     _key_expression: KeyExpression | None = PrivateAttr(default=None)
 
     @property

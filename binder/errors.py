@@ -10,6 +10,7 @@
     │   └── ClosedError              the binder, producer or consumer is already closed
     ├── ConversionError (ValueError) a payload that cannot be decoded or encoded
     ├── DeliveryLimitExceeded        the backend delivered a message more than max-attempts times
+    ├── MessageExpired               a message received after its x-expires-at
     └── HandlerError                 a user function failed (wraps the original exception)
 
 A :class:`ConfigError` names the key path and the offending value; a
@@ -30,6 +31,7 @@ __all__ = [
     "DeliveryLimitExceeded",
     "ExpressionError",
     "HandlerError",
+    "MessageExpired",
 ]
 
 
@@ -91,6 +93,15 @@ class DeliveryLimitExceeded(BinderError):
     Raised by the core instead of calling the function once more: the message is
     dead-lettered (or dropped without a dead-letter destination), never retried, so it
     cannot kill one consumer after another.
+    """
+
+
+class MessageExpired(BinderError):
+    """A message was received after its ``x-expires-at`` (set by ``producer.ttl`` or
+    ``app.send(..., ttl=...)``).
+
+    Raised by the core instead of calling the function: the message is dead-lettered (or
+    dropped, with ``consumer.expired: drop``), never retried.
     """
 
 

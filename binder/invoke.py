@@ -15,7 +15,15 @@ from typing import Any
 from binder.converters import JSON, ConverterRegistry, Target, _identity, mime_base
 from binder.errors import ConversionError, HandlerError
 from binder.functions import FunctionDef, Pipeline
-from binder.message import CONTENT_TYPE, DELIVERY_ATTEMPT, Message, decode_key
+from binder.message import (
+    CONTENT_TYPE,
+    DELAY,
+    DELIVER_AT,
+    DELIVERY_ATTEMPT,
+    EXPIRES_AT,
+    Message,
+    decode_key,
+)
 from binder.spi import InboundRecord
 
 __all__ = ["Invoker", "Output", "propagated_headers"]
@@ -25,7 +33,7 @@ Output = tuple[Any, Any, dict[str, str]]
 
 _MAX_DECODERS = 16
 _CORE_PREFIXES = ("x-exception-", "x-original-")
-_CORE_NAMES = frozenset({CONTENT_TYPE, DELIVERY_ATTEMPT})
+_CORE_NAMES = frozenset({CONTENT_TYPE, DELIVERY_ATTEMPT, DELAY, DELIVER_AT, EXPIRES_AT})
 
 
 def propagated_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -11,10 +11,13 @@ from binder.errors import ConversionError
 
 __all__ = [
     "CONTENT_TYPE",
+    "DELAY",
     "DELIVERY_ATTEMPT",
+    "DELIVER_AT",
     "EXCEPTION_MESSAGE",
     "EXCEPTION_STACKTRACE",
     "EXCEPTION_TYPE",
+    "EXPIRES_AT",
     "ORIGINAL_DELIVERY_ATTEMPT",
     "ORIGINAL_DESTINATION",
     "ORIGINAL_GROUP",
@@ -39,6 +42,12 @@ ORIGINAL_DESTINATION = "x-original-destination"
 ORIGINAL_GROUP = "x-original-group"
 ORIGINAL_PARTITION = "x-original-partition"
 ORIGINAL_OFFSET = "x-original-offset"
+DELAY = "x-delay"
+"""On an outbound message: hold it back this many milliseconds (RabbitMQ's spelling)."""
+DELIVER_AT = "x-deliver-at"
+"""On a delayed message: when it is due (epoch ms); set by the core in place of ``x-delay``."""
+EXPIRES_AT = "x-expires-at"
+"""When the message expires (epoch ms): a consumer receiving it later does not handle it."""
 
 
 @final

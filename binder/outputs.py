@@ -21,16 +21,28 @@ partition, once for every binder (binders write it as given):
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from binder.clock import SYSTEM, Clock
 from binder.converters import ConverterRegistry
-from binder.errors import ClosedError, ConversionError
-from binder.message import CONTENT_TYPE, TOMBSTONE, decode_key, key_bytes, normalize_headers
+from binder.errors import CapabilityError, ClosedError, ConversionError
+from binder.message import (
+    CONTENT_TYPE,
+    DELAY,
+    DELIVER_AT,
+    EXPIRES_AT,
+    TOMBSTONE,
+    decode_key,
+    key_bytes,
+    normalize_headers,
+)
 from binder.metrics import OutputStats
+from binder.outgoing import Outgoing
 from binder.partitioning import KeyExpression, partition_key, select_partition
 from binder.spi import Binder, InboundRecord, OutboundRecord, Producer, ProducerSpec
-from binder.tracing import TracedRecord, Tracing, end_sent
+from binder.tracing import Tracing, end_sent
 
 __all__ = ["Observer", "OutputBinding"]
 
@@ -56,6 +68,8 @@ class OutputBinding:
         dead_letters_of: str | None = None,
         binder_options: Any = None,
         tracing: Tracing | None = None,
+        clock: Clock = SYSTEM,
+        ttl: float | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -82,6 +96,9 @@ class OutputBinding:
         self._tracing = tracing
         self._system = getattr(binder, "messaging_system", None) or binder.name
         self._traced = False  # some record made here has a publish span to end
+        self._clock = clock
+        self._ttl_ms = None if ttl is None else int(ttl * 1000)
+        self._holding = False  # some record made here is delayed
 
     @property
     def started(self) -> bool:
@@ -142,22 +159,55 @@ class OutputBinding:
         partition = self._sticky
         if self._partitioned:
             partition = self._partition(payload, headers, key, raw_key)
-        if self._tracing is None:
+        if self._tracing is None and DELAY not in headers and self._ttl_ms is None:
             return OutboundRecord(value, raw_key, headers, partition)
         return self._made(value, raw_key, headers, partition)
 
     def _made(
         self, value: bytes | None, key: bytes | None, headers: dict[str, str], partition: int
     ) -> OutboundRecord:
-        """A new record; when tracing, with its publish span started under the current
-        context and ``traceparent`` in its headers."""
+        """A new record; with ``x-delay`` in its headers, delayed (``x-deliver-at`` in their
+        place); with a ``ttl``, expiring; when tracing, with its publish span started under
+        the current context and ``traceparent`` in its headers."""
+        due = None
+        if DELAY in headers or self._ttl_ms is not None:
+            now = int(self._clock.time() * 1000)
+            if self._ttl_ms is not None and EXPIRES_AT not in headers:
+                headers[EXPIRES_AT] = str(now + self._ttl_ms)
+            if DELAY in headers:
+                due = self._due(now, headers)
         tracing = self._tracing
-        if tracing is None:
+        if tracing is None and due is None:
             return OutboundRecord(value, key, headers, partition)
-        record = TracedRecord(value, key, headers, partition)
-        tracing.publish(self._system, self.destination, record)
-        self._traced = True
+        record = Outgoing(value, key, headers, partition, due=due)
+        if tracing is not None:
+            tracing.publish(self._system, self.destination, record)
+            self._traced = True
         return record
+
+    def _due(self, now: int, headers: dict[str, str]) -> int | None:
+        """``x-delay`` (milliseconds) becomes ``x-deliver-at`` (epoch ms); the due time when
+        it is in the future, else ``None`` (sent at once)."""
+        text = headers.pop(DELAY)
+        try:
+            delay = float(text)
+        except ValueError:
+            delay = float("nan")
+        if not delay >= 0 or delay == float("inf"):
+            raise ConversionError(
+                f"header {DELAY!r} must be a number of milliseconds (0 or more), got {text!r}"
+            )
+        due = now + math.ceil(delay)
+        headers[DELIVER_AT] = str(due)
+        if due <= now:
+            return None
+        if not self.binder.capabilities.delayed_delivery:
+            raise CapabilityError(
+                f"binder {self.binder.name!r} cannot delay a message (to {self.destination!r}): "
+                "it does not declare the capability 'delayed_delivery'"
+            )
+        self._holding = True
+        return due
 
     def _tombstone(self, key: Any, headers: dict[str, str] | None) -> OutboundRecord:
         """A record without a value (no ``contentType`` is added: there is no content); a key
@@ -173,6 +223,15 @@ class OutputBinding:
         if self._partitioned:
             partition = self._partition(None, headers, key, raw_key)
         return self._made(None, raw_key, headers, partition)
+
+    def forward(
+        self, value: bytes | None, key: bytes | None, headers: dict[str, str]
+    ) -> OutboundRecord:
+        """A record of a value as received (not encoded again) with ``headers`` as given,
+        placed by its key like any record (a retry scheduled again, say); ``x-delay``,
+        ``ttl`` and tracing as for :meth:`record`."""
+        partition = self._sticky if key is None else select_partition(key, self._count)
+        return self._made(value, key, dict(headers), partition)
 
     def records(self, outputs: Iterable[tuple[Any, Any, dict[str, str]]]) -> list[OutboundRecord]:
         """Encode a function's outputs."""
@@ -281,7 +340,10 @@ class OutputBinding:
         if self.dead_letters_of is not None:
             self._keep_or_place(records)
         try:
-            await producer.send_batch(records)
+            if self._holding and _any_due(records):
+                await self._send_or_hold(producer, records)
+            else:
+                await producer.send_batch(records)
         except Exception as exc:
             self.stats.errors += len(records)
             if self._traced:
@@ -293,6 +355,24 @@ class OutputBinding:
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)
+
+    async def _send_or_hold(self, producer: Producer, records: Sequence[OutboundRecord]) -> None:
+        """Records due later go to the producer's ``schedule``, the others as a batch."""
+        later = [r for r in records if getattr(r, "due", None) is not None]
+        now = [r for r in records if getattr(r, "due", None) is None]
+        schedule = getattr(producer, "schedule", None)
+        if schedule is None:
+            raise CapabilityError(
+                f"binder {self.binder.name!r} declares delayed_delivery but its producer for "
+                f"{self.destination!r} has no schedule()"
+            )
+        if now:
+            await producer.send_batch(now)
+        await schedule(later)
+
+
+def _any_due(records: Sequence[OutboundRecord]) -> bool:
+    return any(getattr(r, "due", None) is not None for r in records)
 
 
 _SUCCEED_SLICE = 512

@@ -21,12 +21,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from binder.errors import ConversionError, DeliveryLimitExceeded, HandlerError
+from binder.errors import ConversionError, DeliveryLimitExceeded, HandlerError, MessageExpired
 from binder.message import (
     DELIVERY_ATTEMPT,
     EXCEPTION_MESSAGE,
     EXCEPTION_STACKTRACE,
     EXCEPTION_TYPE,
+    EXPIRES_AT,
     ORIGINAL_DELIVERY_ATTEMPT,
     ORIGINAL_DESTINATION,
     ORIGINAL_GROUP,
@@ -74,7 +75,9 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether attempt ``attempt`` failing with ``exc`` earns another attempt."""
-        if attempt >= self.max_attempts or isinstance(exc, ConversionError | DeliveryLimitExceeded):
+        if attempt >= self.max_attempts or isinstance(
+            exc, ConversionError | DeliveryLimitExceeded | MessageExpired
+        ):
             return False
         return self.is_retryable(exc)
 
@@ -100,7 +103,11 @@ def dead_letter_destination(destination: str, group: str | None, override: str |
 
 
 def dead_letter_record(
-    record: InboundRecord, exc: BaseException, group: str | None, attempts: int
+    record: InboundRecord,
+    exc: BaseException,
+    group: str | None,
+    attempts: int,
+    origin: str | None = None,
 ) -> OutboundRecord:
     """The original key, payload and headers, plus why and where it failed.
 
@@ -115,6 +122,9 @@ def dead_letter_record(
     values, bytes that are not UTF-8), less any the letter sets, followed by the letter's
     own headers; a binder that can write them writes those instead of ``headers``.
 
+    ``origin`` is the destination named as the original when ``record`` was read from a
+    retry destination (``retry-mode: delayed``): the one it was first consumed from.
+
     The letter asks for its original partition: the dead-letter output keeps it when its
     destination has that many partitions, else places it like any record (by key, else
     with its batch's keyless records); see :class:`binder.outputs.OutputBinding`.
@@ -124,7 +134,7 @@ def dead_letter_record(
         EXCEPTION_TYPE: f"{type(cause).__module__}.{type(cause).__qualname__}",
         EXCEPTION_MESSAGE: _encodable(str(cause)[:MAX_HEADER_TEXT]),
         EXCEPTION_STACKTRACE: stacktrace(cause),
-        ORIGINAL_DESTINATION: record.destination,
+        ORIGINAL_DESTINATION: origin or record.destination,
         ORIGINAL_GROUP: group or ANONYMOUS,
         ORIGINAL_PARTITION: str(record.partition),
     }
@@ -132,14 +142,15 @@ def dead_letter_record(
         own[ORIGINAL_OFFSET] = str(record.offset)
     own[ORIGINAL_DELIVERY_ATTEMPT] = own[DELIVERY_ATTEMPT] = str(attempts)
     headers = {**record.headers, **own}
+    headers.pop(EXPIRES_AT, None)  # a letter does not expire: it is there to be looked at
     raw = _raw_headers(record.raw_headers, own) if record.raw_headers else None
     return OutboundRecord(record.value, record.key, headers, record.partition, raw)
 
 
 def _raw_headers(original: RawHeaders, own: dict[str, str]) -> list[tuple[str, bytes | None]]:
-    """The original's headers exactly as they came, less those named in ``own``, then
-    ``own`` in UTF-8."""
-    kept = [(name, value) for name, value in original if name not in own]
+    """The original's headers exactly as they came, less those named in ``own`` (and
+    ``x-expires-at``), then ``own`` in UTF-8."""
+    kept = [(n, value) for n, value in original if n not in own and n != EXPIRES_AT]
     kept.extend((name, value.encode()) for name, value in own.items())
     return kept
 

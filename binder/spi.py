@@ -75,7 +75,7 @@ class Capabilities:
     offsets: bool = False
     """Messages carry a position (offset) in their partition."""
     delayed_delivery: bool = False
-    """The backend can hold a message back until a given time."""
+    """The backend can hold a message back until a given time (the producer's ``schedule``)."""
     transactions: bool = False
     """Sends and acknowledgements can be made atomic."""
     max_payload_bytes: int | None = None
@@ -195,7 +195,17 @@ class ConsumerSpec:
 
 @runtime_checkable
 class Producer(Protocol):
-    """Sends records to one destination; made by :meth:`Binder.producer`."""
+    """Sends records to one destination; made by :meth:`Binder.producer`.
+
+    The producer of a binder declaring :attr:`Capabilities.delayed_delivery` also has
+    ``async def schedule(records)``: hold each record (its headers carry ``x-deliver-at``, the
+    epoch ms it is due, in the future) in the backend, durably where the backend is, and
+    write it to its ``partition``, headers as given, once due: never before, and once in
+    normal operation, also when the process that scheduled it is gone (every consumer and
+    producer of the destination takes part in moving its due records). Records of one
+    partition due at the same time are written in call order; earlier due first otherwise.
+    Returns once the backend holds them; raises as :meth:`send_batch` does.
+    """
 
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
         """Send ``records`` in order, pipelined; return once the backend accepted all of them
@@ -298,7 +308,9 @@ class Binder(Protocol):
 
     A binder may have a ``messaging_system`` attribute: what tracing reports as
     ``messaging.system`` (``kafka``, ``redis``, ``rabbitmq``; the log's is
-    ``streambinder``); without one it is the binder's name.
+    ``streambinder``); without one it is the binder's name. A binder with a ``clock``
+    attribute (a :class:`binder.clock.Clock`) is given the app's before it starts, and
+    goes by it for when delayed records are due.
     """
 
     name: str

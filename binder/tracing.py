@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from binder.outgoing import Outgoing
 from binder.retry import cause_of
 from binder.spi import InboundRecord, OutboundRecord
 
@@ -39,19 +40,10 @@ try:
 except ImportError:  # the otel extra is not installed
     _trace = None
 
-__all__ = ["TracedRecord", "Tracing", "tracing"]
+__all__ = ["Tracing", "tracing"]
 
 ANONYMOUS = "anonymous"
 TRACEPARENT = "traceparent"
-
-
-class TracedRecord(OutboundRecord):
-    """An outbound record with its publish span, ended once the backend accepted (or
-    refused) it. A binder sees an ordinary :class:`~binder.spi.OutboundRecord`."""
-
-    __slots__ = ("span",)
-
-    span: Any
 
 
 class Tracing:
@@ -62,7 +54,7 @@ class Tracing:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def publish(self, system: str, destination: str, record: TracedRecord) -> None:
+    def publish(self, system: str, destination: str, record: Outgoing) -> None:
         """Start ``record``'s publish span under the current context and inject its
         context into the record's headers. Sent where no span is current (``app.send``
         outside a handler) with a ``traceparent`` header of the caller's, the span continues
@@ -98,7 +90,7 @@ class Tracing:
         tracer = self.tracer
         traced: list[OutboundRecord] = []
         for original, letter in zip(originals, letters, strict=True):
-            record = TracedRecord(
+            record = Outgoing(
                 letter.value, letter.key, letter.headers, letter.partition, letter.raw_headers
             )
             record.span = tracer.start_span(

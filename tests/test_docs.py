@@ -65,3 +65,8 @@ def test_the_tracing_example_runs_and_makes_one_trace(capsys: pytest.CaptureFixt
     assert printed == "['words publish', 'words process', 'shouts publish']"
     spans = namespace["exporter"].get_finished_spans()  # type: ignore[attr-defined]
     assert len({span.context.trace_id for span in spans}) == 1
+
+
+def test_the_testing_with_time_example_runs() -> None:
+    (block,) = [b for b in _python_blocks() if "ManualClock" in b]
+    exec(compile(block, "README-time", "exec"), {"__name__": "readme_time"})

@@ -18,14 +18,19 @@ so :meth:`receive` also returns what was sent before it was called.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from binder import plugins
+from binder.clock import SYSTEM, Clock
 from binder.converters import ConverterRegistry
 from binder.errors import ConfigError, ConversionError
 from binder.message import CONTENT_TYPE, TOMBSTONE, Message, decode_key
@@ -37,22 +42,34 @@ if TYPE_CHECKING:
 __all__ = ["Recorder", "TestHarness"]
 
 TEST_BINDER_ENV = "BINDER_TEST_BINDER"
+_TICK = 0.01
+"""Seconds between two looks at held (delayed) messages while a receive waits."""
 
 
 class Recorder:
-    """Messages sent per destination, in order; readable from any thread."""
+    """Messages sent per destination, in order; readable from any thread.
 
-    def __init__(self, converters: ConverterRegistry) -> None:
+    A delayed message is held until it is due by ``clock`` (then it is readable, in due
+    order, as its consumers get it)."""
+
+    def __init__(self, converters: ConverterRegistry, clock: Clock = SYSTEM) -> None:
         self._converters = converters
+        self.clock = clock
         self._queues: dict[str, deque[Message[Any]]] = defaultdict(deque)
+        self._held: dict[str, list[tuple[int, int, Message[Any]]]] = defaultdict(list)
+        self._order = itertools.count()
         self._history: dict[str, list[Message[Any]]] = defaultdict(list)
         self._changed = threading.Condition()
         self._events: dict[str, asyncio.Event] = {}
 
     def __call__(self, destination: str, record: OutboundRecord) -> None:
         message = self._decode(destination, record)
+        due = getattr(record, "due", None)
         with self._changed:
-            self._queues[destination].append(message)
+            if due is None:
+                self._queues[destination].append(message)
+            else:
+                heapq.heappush(self._held[destination], (due, next(self._order), message))
             self._history[destination].append(message)
             self._changed.notify_all()
         event = self._events.get(destination)
@@ -77,12 +94,28 @@ class Recorder:
         )
         return message
 
+    def _ready_locked(self, destination: str) -> deque[Message[Any]]:
+        """The readable messages of ``destination``, the held ones now due included."""
+        queue, held = self._queues[destination], self._held.get(destination)
+        if held:
+            now = self.clock.time() * 1000
+            while held and held[0][0] <= now:
+                queue.append(heapq.heappop(held)[2])
+        return queue
+
     def take(self, destination: str, timeout: float) -> Message[Any] | None:
         """The next unread message sent to ``destination``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            self._changed.wait_for(lambda: self._queues[destination], timeout)
-            queue = self._queues[destination]
-            return queue.popleft() if queue else None
+            while True:
+                queue = self._ready_locked(destination)
+                if queue:
+                    return queue.popleft()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait = remaining if not self._held.get(destination) else min(remaining, _TICK)
+                self._changed.wait(wait)
 
     async def take_async(self, destination: str, timeout: float) -> Message[Any] | None:
         """Like :meth:`take`, waiting on the event loop instead of blocking it."""
@@ -90,18 +123,22 @@ class Recorder:
         deadline = loop.time() + timeout
         while True:
             with self._changed:
-                queue = self._queues[destination]
+                queue = self._ready_locked(destination)
                 if queue:
                     return queue.popleft()
+                holding = bool(self._held.get(destination))
             event = self._events.setdefault(destination, asyncio.Event())
             event.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(event.wait(), remaining)
+                await asyncio.wait_for(
+                    event.wait(), min(remaining, _TICK) if holding else remaining
+                )
             except TimeoutError:
-                return None
+                if loop.time() >= deadline:
+                    return None
 
     def sent(self, destination: str) -> list[Message[Any]]:
         """Everything sent to ``destination`` so far, read or not."""
@@ -115,12 +152,20 @@ class TestHarness:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, app: App, *, binder_type: str | None = None, broker: str | None = None
+        self,
+        app: App,
+        *,
+        binder_type: str | None = None,
+        broker: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
         self.binder_type = binder_type or os.environ.get(TEST_BINDER_ENV) or None
-        self.recorder = Recorder(app.converters)
+        self.clock = clock
+        """The clock the app goes by under test (``None``: its own)."""
+        self._app_clock = app.clock
+        self.recorder = Recorder(app.converters, clock if clock is not None else app.clock)
         self._brokers: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,6 +197,8 @@ class TestHarness:
         return kind.options()
 
     async def _start(self) -> None:
+        if self.clock is not None:
+            self._app_clock, self.app.clock = self.app.clock, self.clock
         self.app.use_binder_factory(self._make_binder)
         self.app.add_observer(self.recorder)
         try:
@@ -166,6 +213,7 @@ class TestHarness:
         finally:
             self.app.use_binder_factory(None)
             self.app.remove_observer(self.recorder)
+            self.app.clock = self._app_clock
             for broker in self._brokers:
                 plugins.drop_test_broker(broker)
 
@@ -241,13 +289,23 @@ class TestClient(_Client):
     __test__ = False
 
     def send(
-        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        payload: Any,
+        *,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        ttl: float | timedelta | None = None,
     ) -> None:
-        """Send to a binding's destination (or a destination); returns once accepted."""
-        self.harness._call(self._send(name, payload, key, headers))
+        """Send to a binding's destination (or a destination); returns once accepted.
+        ``delay`` and ``ttl`` as in :meth:`binder.App.send`."""
+        self.harness._call(self._send(name, payload, key, headers, delay, ttl))
 
-    async def _send(self, name: str, payload: Any, key: Any, headers: Any) -> None:
-        await self.app.send(name, payload, key=key, headers=headers)
+    async def _send(
+        self, name: str, payload: Any, key: Any, headers: Any, delay: Any, ttl: Any
+    ) -> None:
+        await self.app.send(name, payload, key=key, headers=headers, delay=delay, ttl=ttl)
 
     def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
         """The next message sent to that destination, or ``None`` after ``timeout`` seconds."""
@@ -260,9 +318,18 @@ class AsyncTestClient(_Client):
     __test__ = False
 
     async def send(
-        self, name: str, payload: Any, *, key: Any = None, headers: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        payload: Any,
+        *,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        ttl: float | timedelta | None = None,
     ) -> None:
-        await self.app.send(name, payload, key=key, headers=headers)
+        """Send to a binding's destination (or a destination); returns once accepted.
+        ``delay`` and ``ttl`` as in :meth:`binder.App.send`."""
+        await self.app.send(name, payload, key=key, headers=headers, delay=delay, ttl=ttl)
 
     async def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
         return await self.harness.recorder.take_async(self.destination(name), timeout)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
 from binders.log.consumer import LogConsumer
@@ -22,6 +23,7 @@ from binders.log.engine.durable import DurableStorage, StorageSettings
 from binders.log.errors import engine_errors
 from binders.log.options import LogOptions, TopicOptions
 from binders.log.producer import LogProducer
+from binders.log.scheduler import Mover, schedule_topic
 
 __all__ = [
     "CAPABILITIES",
@@ -43,6 +45,7 @@ CAPABILITIES = Capabilities(
     anonymous_consumers=True,
     offsets=True,
     tombstones=True,
+    delayed_delivery=True,
 )
 """The log in memory (no ``path``): it keeps a tombstone's ``None`` value as it is."""
 
@@ -146,6 +149,9 @@ class LogBinder:
         self._durable = False
         self._closed = False
         self._clients: weakref.WeakSet[LogProducer | LogConsumer] = weakref.WeakSet()
+        self.clock: Clock = SYSTEM
+        """When delayed records are due (the app sets its own)."""
+        self._movers: dict[str, tuple[Mover, int]] = {}
 
     @property
     def broker(self) -> Broker:
@@ -209,7 +215,9 @@ class LogBinder:
 
     async def producer(self, spec: ProducerSpec) -> LogProducer:
         await self.provision(spec.destination, spec.partition_count)
-        producer = LogProducer(self.broker, spec.destination)
+        destination = spec.destination
+        producer = LogProducer(self.broker, destination, lambda: self._release(destination))
+        self._acquire(destination)
         self._clients.add(producer)
         return producer
 
@@ -226,13 +234,35 @@ class LogBinder:
                 on_revoke=listener.on_revoked,
                 on_assign=listener.on_assigned,
             )
-        consumer = LogConsumer(member, spec)
+        destination = spec.destination
+        consumer = LogConsumer(member, spec, lambda: self._release(destination))
+        self._acquire(destination)
         self._clients.add(consumer)
         return consumer
+
+    def _acquire(self, destination: str) -> None:
+        """One more client of ``destination``: its mover runs while it has any."""
+        mover, users = self._movers.get(destination, (None, 0))
+        if mover is None:
+            mover = Mover(self.broker, destination, self.clock)
+            mover.start()
+        self._movers[destination] = (mover, users + 1)
+
+    async def _release(self, destination: str) -> None:
+        mover, users = self._movers.get(destination, (None, 0))
+        if mover is None:
+            return
+        if users > 1:
+            self._movers[destination] = (mover, users - 1)
+            return
+        del self._movers[destination]
+        await mover.close()
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         with engine_errors(f"delete {destination!r}"):
             self.broker.delete_topic(destination)
+            if self.broker.topic(schedule_topic(destination)) is not None:
+                self.broker.delete_topic(schedule_topic(destination))
 
     async def close(self) -> None:
         """Close the producers and consumers it made, and release the broker. Idempotent."""
@@ -241,6 +271,10 @@ class LogBinder:
         self._clients.clear()
         for client in clients:
             await client.close()
+        movers = [mover for mover, _ in self._movers.values()]
+        self._movers.clear()
+        for mover in movers:
+            await mover.close()
         broker, self._broker = self._broker, None
         if self._durable and broker is not None:
             self._durable = False

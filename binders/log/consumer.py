@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from binder.spi import ConsumerSpec, InboundRecord
 from binders.log.engine import Member
@@ -21,10 +21,16 @@ class LogConsumer:
     so the binding keeps running.
     """
 
-    def __init__(self, member: Member, spec: ConsumerSpec) -> None:
+    def __init__(
+        self,
+        member: Member,
+        spec: ConsumerSpec,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._member = member
         self._max = spec.max_records
         self._topic = spec.destination
+        self._on_close = on_close
 
     async def fetch(self) -> list[InboundRecord]:
         try:
@@ -60,3 +66,6 @@ class LogConsumer:
 
     async def close(self) -> None:
         await self._member.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            await on_close()

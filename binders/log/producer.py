@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from binder.errors import ClosedError
 from binder.spi import OutboundRecord
 from binders.log.engine import Broker, Entry
 from binders.log.errors import ENGINE_ERRORS, backend_error
+from binders.log.scheduler import schedule_entries, schedule_topic
 
 __all__ = ["LogProducer"]
 
@@ -23,11 +24,17 @@ class LogProducer:
     awaits the log's fsync future, outside the broker lock).
     """
 
-    def __init__(self, broker: Broker, topic: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        topic: str,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._broker = broker
         self._topic = topic
         self._syncs = broker.syncs
         self._closed = False
+        self._on_close = on_close
 
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
         if self._closed:
@@ -57,5 +64,25 @@ class LogProducer:
         except ENGINE_ERRORS as exc:
             raise backend_error(f"append to {self._topic!r}", exc) from exc
 
+    async def schedule(self, records: Sequence[OutboundRecord]) -> None:
+        """Append delayed records to the destination's schedule (see
+        :mod:`binders.log.scheduler`); returns once appended (and synced as the log's fsync
+        policy says)."""
+        if self._closed:
+            raise ClosedError(f"log producer for {self._topic!r} is closed")
+        topic = schedule_topic(self._topic)
+        try:
+            if self._broker.topic(topic) is None:
+                self._broker.create_topic(topic, 1)
+            future = self._broker.append_synced(topic, 0, schedule_entries(records, time.time()))[1]
+            if future is not None:
+                await future
+        except ENGINE_ERRORS as exc:
+            raise backend_error(f"schedule on {self._topic!r}", exc) from exc
+
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        if self._on_close is not None:
+            await self._on_close()

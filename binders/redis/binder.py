@@ -29,9 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
-from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binder.message import DELIVER_AT
+from binder.spi import Capabilities, ConsumerSpec, OutboundRecord, ProducerSpec, RebalanceListener
 from binders.redis.options import RedisOptions
+from binders.redis.scheduler import Mover, delayed_key, member_of
 
 if TYPE_CHECKING:
     from binders.redis.consumer import RedisConsumer
@@ -48,6 +51,7 @@ CAPABILITIES = Capabilities(
     redelivery_on_failure=True,
     anonymous_consumers=True,
     offsets=False,
+    delayed_delivery=True,
     max_payload_bytes=512 * 1024 * 1024,
 )
 """``native_partitions``: a partitioned destination is one stream per partition, each read
@@ -101,6 +105,9 @@ class RedisBinder:
         self._sends: SendQueue | None = None
         self._consumers: set[RedisConsumer] = set()
         self._counts: dict[str, int] = {}
+        self.clock: Clock = SYSTEM
+        """When delayed records are due (the app sets its own)."""
+        self._movers: dict[str, tuple[Mover, int]] = {}
 
     async def start(self) -> None:
         """Connect and ``PING``: BackendError naming the server when it does not answer."""
@@ -238,8 +245,52 @@ class RedisBinder:
                 timeout=self.options.socket_timeout,
                 cluster=self.options.cluster,
             )
-        streams = self.keys.streams(spec.destination, count)
-        return RedisProducer(self._sends, spec.destination, streams)
+        destination = spec.destination
+        streams = self.keys.streams(destination, count)
+        self._acquire(destination)
+        return RedisProducer(
+            self._sends,
+            destination,
+            streams,
+            lambda records, streams: self._schedule(destination, records, streams),
+            lambda: self._release(destination),
+        )
+
+    async def _schedule(
+        self, destination: str, records: Sequence[OutboundRecord], streams: Sequence[bytes]
+    ) -> None:
+        """``ZADD`` each delayed record to its partition's sorted set, by its due time."""
+        from binders.redis.errors import backend_errors
+        from binders.redis.producer import PIPELINE_RECORDS
+
+        with backend_errors(self.server, f"schedule on {destination!r}"):
+            for start in range(0, len(records), PIPELINE_RECORDS):
+                pipe = self.client.pipeline(transaction=False)
+                for record in records[start : start + PIPELINE_RECORDS]:
+                    due = float(record.headers[DELIVER_AT])
+                    pipe.zadd(delayed_key(streams[record.partition]), {member_of(record): due})
+                await pipe.execute()
+        mover = self._movers.get(destination)
+        if mover is not None:
+            mover[0].poke()
+
+    def _acquire(self, destination: str) -> None:
+        """One more client of ``destination``: its mover runs while it has any."""
+        mover, users = self._movers.get(destination, (None, 0))
+        if mover is None:
+            mover = Mover(self, destination, self.clock)
+            mover.start()
+        self._movers[destination] = (mover, users + 1)
+
+    async def _release(self, destination: str) -> None:
+        mover, users = self._movers.get(destination, (None, 0))
+        if mover is None:
+            return
+        if users > 1:
+            self._movers[destination] = (mover, users - 1)
+            return
+        del self._movers[destination]
+        await mover.close()
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> RedisConsumer:
         from binders.redis.consumer import RedisConsumer
@@ -255,6 +306,9 @@ class RedisBinder:
             self._consumers.discard(consumer)
             await consumer.close()
             raise
+        destination = spec.destination
+        self._acquire(destination)
+        consumer.on_close = lambda: self._release(destination)
         return consumer
 
     def _consumer_name(self, spec: ConsumerSpec) -> str:
@@ -282,7 +336,7 @@ class RedisBinder:
             named = set(groups)
             for stream in streams:
                 named |= await group_names(client, stream)
-            keys = [*streams, self.keys.partition_count(destination)]
+            keys = [*streams, *map(delayed_key, streams), self.keys.partition_count(destination)]
             for group in sorted(named):
                 keys.append(self.keys.members(destination, group))
                 keys += [self.keys.lease(stream, group) for stream in streams]
@@ -295,6 +349,10 @@ class RedisBinder:
         consumers, self._consumers = self._consumers, set()
         for consumer in consumers:
             await consumer.close()
+        movers = [mover for mover, _ in self._movers.values()]
+        self._movers.clear()
+        for mover in movers:
+            await mover.close()
         sends, self._sends = self._sends, None
         if sends is not None:
             await sends.close()

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -114,6 +114,8 @@ class RedisConsumer:
         self._members = binder.keys.members(spec.destination, spec.group or "")
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+        """Called once when this consumer closes (the binder stops its mover with the last)."""
 
     @property
     def closed(self) -> bool:
@@ -467,6 +469,9 @@ class RedisConsumer:
         the partitions. Idempotent."""
         if self._closed:
             return
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            await on_close()
         try:
             await self._flush_acks()
         except BackendError as exc:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -236,10 +236,19 @@ class SendQueue:
 class RedisProducer:
     """Sends to one destination's streams through the binder's :class:`SendQueue`."""
 
-    def __init__(self, sends: SendQueue, destination: str, streams: Sequence[bytes]) -> None:
+    def __init__(
+        self,
+        sends: SendQueue,
+        destination: str,
+        streams: Sequence[bytes],
+        schedule: Callable[[Sequence[OutboundRecord], Sequence[bytes]], Awaitable[None]],
+        on_close: Callable[[], Awaitable[None]],
+    ) -> None:
         self._sends = sends
         self.destination = destination
         self._streams = tuple(streams)
+        self._schedule = schedule
+        self._on_close = on_close
         self._closed = False
 
     def _stream(self, partition: int) -> bytes:
@@ -251,5 +260,16 @@ class RedisProducer:
         if records:
             await self._sends.send(records, self._stream)
 
+    async def schedule(self, records: Sequence[OutboundRecord]) -> None:
+        """Hold delayed records in their partitions' sorted sets (see
+        :mod:`binders.redis.scheduler`); returns once Redis has them."""
+        if self._closed:
+            raise ClosedError(f"the redis producer of {self.destination!r} is closed")
+        if records:
+            await self._schedule(records, self._streams)
+
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        await self._on_close()

@@ -24,7 +24,8 @@ creates the group up front, so even a backend that does not replay to new
 groups keeps what was sent before the group's consumer started.
 
 The scenarios, by theme: :mod:`.delivery`, :mod:`.groups`, :mod:`.partitions`,
-:mod:`.retries`, :mod:`.lifecycle`, :mod:`.failures`; their fixtures are in :mod:`.fixtures`.
+:mod:`.retries`, :mod:`.lifecycle`, :mod:`.failures`, :mod:`.timing` (delays, expiry,
+delayed retries); their fixtures are in :mod:`.fixtures`.
 """
 
 from binder.testing.conformance import (
@@ -35,6 +36,7 @@ from binder.testing.conformance import (
     lifecycle,
     partitions,
     retries,
+    timing,
 )
 from binder.testing.conformance.delivery import *  # noqa: F403
 from binder.testing.conformance.failures import *  # noqa: F403
@@ -43,6 +45,7 @@ from binder.testing.conformance.groups import *  # noqa: F403
 from binder.testing.conformance.lifecycle import *  # noqa: F403
 from binder.testing.conformance.partitions import *  # noqa: F403
 from binder.testing.conformance.retries import *  # noqa: F403
+from binder.testing.conformance.timing import *  # noqa: F403
 
 __all__ = [
     *fixtures.__all__,
@@ -52,4 +55,5 @@ __all__ = [
     *lifecycle.__all__,
     *partitions.__all__,
     *retries.__all__,
+    *timing.__all__,
 ]

@@ -267,6 +267,8 @@ class Conformance:
         self.declare(destination, *([group] if group else []), *required)
         if binding.get("consumer", {}).get("dead-letter", True):
             self.dead_letters(destination, group)
+        if group and binding.get("consumer", {}).get("retry-mode") == "delayed":
+            self.declare(f"{destination}.{group}.retry", group)
 
     # -- the SPI view -----------------------------------------------------------------------
 

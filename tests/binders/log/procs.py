@@ -9,6 +9,8 @@
 ``procs.py member PATH``         an engine member of group ``g`` on ``orders``, printing
                                  ``assigned P,..``/``revoked P,..`` and each id it handled
                                  (committing after each one), until killed
+``procs.py schedule PATH N S``   send {"id": n} for n < N to ``orders`` delayed by S seconds,
+                                 print ``scheduled``, exit
 """
 
 from __future__ import annotations
@@ -87,6 +89,14 @@ async def member(path: str) -> None:
             joined.commit(record.partition, record.offset + 1)
 
 
+async def schedule(path: str, count: str, delay: str) -> None:
+    async with _app(path, {}) as app:
+        await asyncio.gather(
+            *(app.send("orders", {"id": n}, delay=float(delay)) for n in range(int(count)))
+        )
+    _say("scheduled")
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "produce":
@@ -95,5 +105,7 @@ if __name__ == "__main__":
         append(*args)
     elif command == "member":
         asyncio.run(member(*args))
+    elif command == "schedule":
+        asyncio.run(schedule(*args))
     else:
         consume(*args)

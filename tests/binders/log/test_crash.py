@@ -276,3 +276,26 @@ def test_a_member_joining_later_triggers_a_rebalance_without_loss(
     _eventually(lambda: set(_ids(first)) | set(_ids(second)) >= set(range(4_000)), "every id")
     handled = _ids(first) + _ids(second)
     assert sorted(handled) == list(range(4_000))  # committed before handing over: no repeats
+
+
+def test_delayed_messages_of_a_killed_mover_are_delivered_by_another_process(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A consumer process holds the destination's schedule (the sender has exited) and is
+    killed with SIGKILL before anything is due; a consumer started after it takes the
+    schedule over and delivers every delayed message, once."""
+    path = tmp_path / "log"
+    first = Proc("consume", str(path))
+    procs.append(first)
+    first.wait_until(lambda: "ready" in first.lines, "the first consumer")
+    sender = Proc("schedule", str(path), "50", "3")
+    procs.append(sender)
+    assert sender.process.wait(TIMEOUT) == 0 and "scheduled" in sender.lines
+    time.sleep(0.5)  # the consumer's mover holds the schedule alone now
+    first.stop(signal.SIGKILL)
+    assert first.ids == [], "killed before anything was due"
+    second = Proc("consume", str(path))
+    procs.append(second)
+    second.wait_until(lambda: len(second.ids) >= 50, "every delayed message")
+    time.sleep(1.0)  # nothing more comes
+    assert sorted(second.ids) == list(range(50))

@@ -13,6 +13,8 @@ Topology, for destination ``d`` with ``N`` partitions (every name behind the bin
 - a dead-letter destination ``d.g.dlq`` also gets the durable queue ``d.g.dlq`` (its own
   name) bound with ``#``, so no letter is lost before anyone consumes it; a group consuming a
   destination that has a queue of its own name reads that queue (every group shares it).
+- ``d.delay.<k>`` (k = 0..32, declared on first use): the delay ladder, a headers exchange
+  and a queue whose messages live 2^k ms each (:mod:`binders.rabbit.delays`).
 - ``d:partition-count``: a queue holding one message, the partition count, written by whoever
   provisions a partitioned destination first, so a consumer finds every partition without
   being told (read with ``basic.get`` and put back at once).
@@ -38,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binders.rabbit.delays import Ladder
 from binders.rabbit.options import QueueOptions, RabbitOptions
 
 if TYPE_CHECKING:
@@ -59,12 +63,14 @@ CAPABILITIES = Capabilities(
     redelivery_on_failure=True,
     anonymous_consumers=True,
     offsets=False,
+    delayed_delivery=True,
     max_payload_bytes=128 * 1024 * 1024,
 )
 """``native_partitions``: partitions are queues the binder makes, each consumed by one member
 at a time (fail-over, not load spreading). ``replay_to_new_groups``: a group's queue holds what
 was sent after it was declared (``required-groups`` declares it up front). ``offsets``: AMQP
-has none. ``max_payload_bytes``: RabbitMQ's default ``max_message_size`` (128 MiB)."""
+has none. ``max_payload_bytes``: RabbitMQ's default ``max_message_size`` (128 MiB).
+``delayed_delivery``: a ladder of TTL queues (:mod:`binders.rabbit.delays`)."""
 
 GET_ATTEMPTS = 40
 """``basic.get`` tries on the partition-count queue while another process holds its message."""
@@ -144,6 +150,10 @@ class RabbitBinder:
         self._consumers: set[RabbitConsumer] = set()
         self._counts: dict[str, int] = {}
         self._started = False
+        self.clock: Clock = SYSTEM
+        """The time delays are counted from (the app sets its own)."""
+        self.ladder = Ladder(self)
+        """The delay levels of this binder's destinations (see :mod:`binders.rabbit.delays`)."""
 
     # -- connection and channels ------------------------------------------------------------
 
@@ -417,7 +427,7 @@ class RabbitBinder:
         exchange = self.exchange_of(spec.destination)
         count = await self._ensure_count(exchange, spec.partition_count)
         await self.declare_exchange(exchange)
-        return RabbitProducer(await self.publisher(), exchange, count)
+        return RabbitProducer(await self.publisher(), exchange, count, self)
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> RabbitConsumer:
         from binders.rabbit.consumer import RabbitConsumer
@@ -450,6 +460,7 @@ class RabbitBinder:
             await self.declare(
                 f"delete the queue {queue!r}", lambda ch, q=queue: ch.queue_delete(q)
             )
+        await self.ladder.delete(exchange)
         await self.declare(
             f"delete the exchange {exchange!r}", lambda ch: ch.exchange_delete(exchange)
         )

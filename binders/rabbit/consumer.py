@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from binder.errors import BackendError
+from binder.message import DELIVER_AT
 from binder.spi import ConsumerSpec, InboundRecord, RebalanceListener
 from binders.rabbit.binder import Names, merged
+from binders.rabbit.delays import strip_ladder
 from binders.rabbit.errors import CLIENT_ERRORS, backend_error, backend_errors
 from binders.rabbit.producer import KEY, KEY_ENCODING
 
@@ -281,6 +283,8 @@ class RabbitConsumer:
                     deliveries = int(count) + 1
         if CONTENT_TYPE not in headers and properties.content_type:
             headers[CONTENT_TYPE] = properties.content_type
+        if DELIVER_AT in headers:  # came down the delay ladder: its headers are the binder's
+            strip_ladder(headers)
         partition = self._partition_of.get(delivery.consumer_tag, 0)
         if partition < 0:
             partition = _partition_from(delivery.routing_key, self._exchange)

@@ -35,6 +35,7 @@ from pamqp.header import ContentHeader
 from binder.errors import BackendError, ClosedError
 from binder.spi import OutboundRecord
 from binders.rabbit.binder import Names
+from binders.rabbit.delays import level_name
 from binders.rabbit.errors import CLIENT_ERRORS, backend_error
 
 if TYPE_CHECKING:
@@ -293,8 +294,15 @@ async def _failed(exc: BaseException) -> None:
 class RabbitProducer:
     """Sends to one destination's exchange through the binder's :class:`Publisher`."""
 
-    def __init__(self, publisher: Publisher, destination: str, partition_count: int) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        destination: str,
+        partition_count: int,
+        binder: RabbitBinder | None = None,
+    ) -> None:
         self._publisher = publisher
+        self._binder = binder
         self.destination = destination
         self._keys = tuple(
             Names.routing_key(destination, p, partition_count) for p in range(partition_count)
@@ -306,6 +314,25 @@ class RabbitProducer:
             raise ClosedError(f"the rabbit producer of {self.destination!r} is closed")
         if records:
             await self._publisher.send(self.destination, self._keys, records)
+
+    async def schedule(self, records: Sequence[OutboundRecord]) -> None:
+        """Publish delayed records into the destination's delay ladder (see
+        :mod:`binders.rabbit.delays`), each at the level of its delay's highest bit; returns
+        once the broker confirmed them. One already due is sent as usual."""
+        if self._closed:
+            raise ClosedError(f"the rabbit producer of {self.destination!r} is closed")
+        binder = self._binder
+        assert binder is not None, "a producer made by the binder schedules"
+        now, levels = binder.ladder.plan(records, int(binder.clock.time() * 1000))
+        if levels:
+            await binder.ladder.declare(self.destination, max(levels))
+        sends = [
+            self._publisher.send(level_name(self.destination, top), self._keys, later)
+            for top, later in sorted(levels.items())
+        ]
+        if now:
+            sends.append(self._publisher.send(self.destination, self._keys, now))
+        await asyncio.gather(*sends)
 
     async def close(self) -> None:
         self._closed = True

@@ -101,11 +101,13 @@ def test_a_delayed_message_is_held_by_the_backend_across_a_restart(
     conformance: Conformance, dest: str, group: str
 ) -> None:
     """The sender stops before the message is due and the consumer starts only after: the
-    message is still delivered, once (the consumer's app moves what the sender's left)."""
+    message is still delivered, once (the consumer's app moves what the sender's left). The
+    group is provisioned up front, as for any message sent before its group's consumer
+    starts (a backend without ``replay_to_new_groups`` keeps nothing for an unknown group)."""
     require(conformance.capabilities, "delayed_delivery", "consumer_groups")
 
     async def scenario() -> list[Received]:
-        await conformance.provision(dest, 1)
+        await conformance.provision(dest, 1, [group])
         async with conformance.app() as sender:
             await sender.send(dest, {"n": "held"}, delay=0.5)
             await sender.send(dest, {"n": "later"}, delay=1.0)

@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
         "--app", help="module:attribute of an App whose functions the bindings must fit"
     )
     check.set_defaults(handler=_check)
+    from binder import commands as operator
+
+    operator.add(commands)  # send, tail, groups, dlq, docs
     plugins.plugin_manager().hook.binder_add_commands(commands=commands)  # e.g. `binder log`
     return parser
 

@@ -23,6 +23,19 @@ ever handed to ``eval``/``exec``. The accepted grammar::
 ``NAME`` and constant string keys must not start with ``_``. The text is at most
 :data:`MAX_LENGTH` characters and at most :data:`MAX_DEPTH` syntax levels deep.
 
+Filters (:func:`compile_filter`, e.g. ``binder dlq replay --filter``) are the same language
+with comparisons and boolean logic added::
+
+    filter   := disjunct ("or" disjunct)*
+    disjunct := negation ("and" negation)*
+    negation := "not" negation | comparison
+    comparison := expr (("==" | "!=" | "in" | "not in") (expr | list))*
+    list     := "[" literal ("," literal)* "]" | "(" literal ("," literal)* ")"
+
+``a in b`` is a substring test when ``b`` is a str, membership in a list, a key of a
+mapping. A key, index or attribute that is not there reads as ``None`` in a comparison
+(``headers['x-exception-type'] == 'X'`` is false for a letter without that header).
+
 At run time :meth:`KeyExpression.evaluate` raises only
 :class:`~binder.errors.ConversionError`, naming the expression and the part that
 was missing or of the wrong type.
@@ -44,8 +57,10 @@ __all__ = [
     "FUNCTION_NAMES",
     "MAX_DEPTH",
     "MAX_LENGTH",
+    "Filter",
     "KeyExpression",
     "compile_expression",
+    "compile_filter",
     "murmur2",
     "partition_key",
     "select_partition",
@@ -291,15 +306,18 @@ _KINDS: dict[type[ast.AST], str] = {
 
 
 class _Compiler:
-    """Turns one parsed expression into closures, refusing anything outside the grammar."""
+    """Turns one parsed expression into closures, refusing anything outside the grammar
+    (with ``comparisons``: the filter grammar)."""
 
-    def __init__(self, source: str, path: str) -> None:
+    def __init__(self, source: str, path: str, *, comparisons: bool = False) -> None:
         self.source = source
         self.path = path
+        self.kind = "filter expression" if comparisons else "partition-key expression"
+        self._handlers = _FILTER_HANDLERS if comparisons else _KEY_HANDLERS
 
     def refuse(self, node: ast.AST, problem: str) -> NoReturn:
         where = self.segment(node)
-        message = f"partition-key expression {self.source!r} refused at {where!r}: {problem}"
+        message = f"{self.kind} {self.source!r} refused at {where!r}: {problem}"
         raise ExpressionError(message, path=self.path, value=self.source)
 
     def segment(self, node: ast.AST) -> str:
@@ -316,7 +334,7 @@ class _Compiler:
         handler = self._handlers.get(type(node))
         if handler is None:
             kind = _KINDS.get(type(node), f"{type(node).__name__} syntax")
-            self.refuse(node, f"{kind} is not part of the key-expression language")
+            self.refuse(node, f"{kind} is not part of the {self.kind} language")
         return handler(self, node, depth + 1)
 
     def name(self, node: ast.Name, depth: int) -> _Eval:
@@ -336,7 +354,60 @@ class _Compiler:
         value = node.operand.value if isinstance(node.operand, ast.Constant) else None
         if isinstance(node.op, ast.USub) and isinstance(value, int | float) and _is_number(value):
             return _constant(-value)
-        self.refuse(node, "the only unary operator is '-' before a number")
+        if isinstance(node.op, ast.Not) and self._handlers is _FILTER_HANDLERS:  # filters only
+            operand = self.node(node.operand, depth)
+            return lambda scope: not _truth(operand, scope)
+        allowed = "'-' before a number" + (
+            ", and 'not'" if self.kind == "filter expression" else ""
+        )
+        self.refuse(node, f"the only unary operators are {allowed}")
+
+    def boolop(self, node: ast.BoolOp, depth: int) -> _Eval:
+        parts = [self.node(value, depth) for value in node.values]
+        if isinstance(node.op, ast.And):
+            return lambda scope: all(_truth(part, scope) for part in parts)
+        return lambda scope: any(_truth(part, scope) for part in parts)
+
+    def compare(self, node: ast.Compare, depth: int) -> _Eval:
+        operands = [self.node(node.left, depth)]
+        tests: list[Callable[[Any, Any], bool]] = []
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            test = _COMPARISONS.get(type(op))
+            if test is None:
+                self.refuse(
+                    node, f"operator {type(op).__name__} is refused; ==, !=, in, not in are"
+                )
+            tests.append(test)
+            if isinstance(op, ast.In | ast.NotIn) and isinstance(right, ast.List | ast.Tuple):
+                operands.append(self.literals(right))
+            else:
+                operands.append(self.node(right, depth))
+        where = self.segment(node)
+
+        def compared(scope: _Scope) -> bool:
+            left = _present(operands[0], scope)
+            for test, operand in zip(tests, operands[1:], strict=True):
+                right = _present(operand, scope)
+                try:
+                    if not test(left, right):
+                        return False
+                except TypeError as exc:
+                    raise _Failure(f"`{where}`: {exc}") from None
+                left = right
+            return True
+
+        return compared
+
+    def literals(self, node: ast.List | ast.Tuple) -> _Eval:
+        """A list of literals (the right side of ``in``)."""
+        values = []
+        for element in node.elts:
+            if not isinstance(element, ast.Constant) or not isinstance(
+                element.value, _LITERAL_TYPES
+            ):
+                self.refuse(element, "a list after 'in' holds literals only")
+            values.append(element.value)
+        return _constant(tuple(values))
 
     def attribute(self, node: ast.Attribute, depth: int) -> _Eval:
         target, name = self.node(node.value, depth), self.public(node, node.attr)
@@ -389,15 +460,59 @@ class _Compiler:
             plural = "" if low == 1 and high in (1, None) else "s"
             self.refuse(node, f"{name} takes {wanted} argument{plural} ({count} given)")
 
-    _handlers: Mapping[type[ast.AST], Callable[[_Compiler, Any, int], _Eval]] = {
-        ast.Name: name,
-        ast.Constant: constant,
-        ast.UnaryOp: negative,
-        ast.Attribute: attribute,
-        ast.Subscript: subscript,
-        ast.BinOp: binop,
-        ast.Call: call,
-    }
+
+_Handler = Callable[[_Compiler, Any, int], _Eval]
+_KEY_HANDLERS: Mapping[type[ast.AST], _Handler] = {
+    ast.Name: _Compiler.name,
+    ast.Constant: _Compiler.constant,
+    ast.UnaryOp: _Compiler.negative,
+    ast.Attribute: _Compiler.attribute,
+    ast.Subscript: _Compiler.subscript,
+    ast.BinOp: _Compiler.binop,
+    ast.Call: _Compiler.call,
+}
+_FILTER_HANDLERS: Mapping[type[ast.AST], _Handler] = {
+    **_KEY_HANDLERS,
+    ast.BoolOp: _Compiler.boolop,
+    ast.Compare: _Compiler.compare,
+}
+
+
+def _contains(item: Any, container: Any) -> bool:
+    if isinstance(container, str):
+        if not isinstance(item, str):
+            raise TypeError(f"'in <str>' needs a str on its left, not {type(item).__name__}")
+        return item in container
+    if isinstance(container, Mapping | tuple | list):
+        try:
+            return item in container
+        except TypeError:  # an unhashable item against a mapping
+            return False
+    if container is None:
+        return False
+    raise TypeError(
+        f"'in' needs a str, a list or a mapping on its right, not {type(container).__name__}"
+    )
+
+
+_COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: lambda a, b: bool(a == b),
+    ast.NotEq: lambda a, b: bool(a != b),
+    ast.In: _contains,
+    ast.NotIn: lambda a, b: not _contains(a, b),
+}
+
+
+def _present(operand: _Eval, scope: _Scope) -> Any:
+    """An operand's value, ``None`` when what it names is not there."""
+    try:
+        return operand(scope)
+    except _Missing:
+        return None
+
+
+def _truth(operand: _Eval, scope: _Scope) -> bool:
+    return bool(_present(operand, scope))
 
 
 # ------------------------------------------------------------------------ public API
@@ -436,21 +551,52 @@ def compile_expression(text: str, *, path: str = "") -> KeyExpression:
     anything outside the language; ``path`` (the configuration key, if any) goes
     into the error. Never evaluates anything.
     """
+    source, tree = _parse(text, path, "partition-key expression")
+    return KeyExpression(text, _Compiler(source, path).node(tree.body, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A compiled filter; build one with :func:`compile_filter`."""
+
+    source: str
+    _evaluate: _Eval = field(repr=False, compare=False)
+
+    def matches(self, payload: Any, headers: Mapping[str, Any] | None, key: Any) -> bool:
+        """Whether one message passes. Raises ConversionError, and only that, naming the
+        filter and the part that failed (a type that cannot be compared, say)."""
+        try:
+            return bool(self._evaluate((payload, headers, key)))
+        except _Failure as exc:
+            raise ConversionError(f"filter expression {self.source!r}: {exc}") from None
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise ConversionError(f"filter expression {self.source!r}: {problem}") from exc
+
+
+def compile_filter(text: str, *, path: str = "") -> Filter:
+    """Compile a filter (the key-expression language with ``==``, ``!=``, ``in``,
+    ``not in``, ``and``, ``or``, ``not``; see the module docstring) once. Raises
+    ExpressionError naming the offending part for anything else; never evaluates."""
+    source, tree = _parse(text, path, "filter expression")
+    whole = _Compiler(source, path, comparisons=True).node(tree.body, 1)
+    return Filter(text, lambda scope: _truth(whole, scope))
+
+
+def _parse(text: str, path: str, kind: str) -> tuple[str, ast.Expression]:
+    """``text`` stripped and parsed, within the length limit; ExpressionError otherwise."""
     source = text.strip()
     if not source:
-        raise ExpressionError("partition-key expression is empty", path=path, value=text)
+        raise ExpressionError(f"{kind} is empty", path=path, value=text)
     if len(source) > MAX_LENGTH:
         problem = f"is longer than {MAX_LENGTH} characters"
-        raise ExpressionError(
-            f"partition-key expression {source[:60]!r}... {problem}", path=path, value=text
-        )
+        raise ExpressionError(f"{kind} {source[:60]!r}... {problem}", path=path, value=text)
     try:
-        tree = ast.parse(source, mode="eval")
+        return source, ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         detail = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
-        message = f"partition-key expression {source!r} is not valid syntax: {detail}"
+        message = f"{kind} {source!r} is not valid syntax: {detail}"
         raise ExpressionError(message, path=path, value=text) from None
-    return KeyExpression(text, _Compiler(source, path).node(tree.body, 1))
 
 
 def partition_key(

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
+from binder.movers import Movers
 from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
 from binders.log.consumer import LogConsumer
 from binders.log.engine import Broker, memory_logs
@@ -151,7 +152,7 @@ class LogBinder:
         self._clients: weakref.WeakSet[LogProducer | LogConsumer] = weakref.WeakSet()
         self.clock: Clock = SYSTEM
         """When delayed records are due (the app sets its own)."""
-        self._movers: dict[str, tuple[Mover, int]] = {}
+        self._movers = Movers(lambda destination: Mover(self.broker, destination, self.clock))
 
     @property
     def broker(self) -> Broker:
@@ -216,8 +217,8 @@ class LogBinder:
     async def producer(self, spec: ProducerSpec) -> LogProducer:
         await self.provision(spec.destination, spec.partition_count)
         destination = spec.destination
-        producer = LogProducer(self.broker, destination, lambda: self._release(destination))
-        self._acquire(destination)
+        producer = LogProducer(self.broker, destination, lambda: self._movers.release(destination))
+        self._movers.acquire(destination)
         self._clients.add(producer)
         return producer
 
@@ -235,28 +236,10 @@ class LogBinder:
                 on_assign=listener.on_assigned,
             )
         destination = spec.destination
-        consumer = LogConsumer(member, spec, lambda: self._release(destination))
-        self._acquire(destination)
+        consumer = LogConsumer(member, spec, lambda: self._movers.release(destination))
+        self._movers.acquire(destination)
         self._clients.add(consumer)
         return consumer
-
-    def _acquire(self, destination: str) -> None:
-        """One more client of ``destination``: its mover runs while it has any."""
-        mover, users = self._movers.get(destination, (None, 0))
-        if mover is None:
-            mover = Mover(self.broker, destination, self.clock)
-            mover.start()
-        self._movers[destination] = (mover, users + 1)
-
-    async def _release(self, destination: str) -> None:
-        mover, users = self._movers.get(destination, (None, 0))
-        if mover is None:
-            return
-        if users > 1:
-            self._movers[destination] = (mover, users - 1)
-            return
-        del self._movers[destination]
-        await mover.close()
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         with engine_errors(f"delete {destination!r}"):
@@ -271,10 +254,7 @@ class LogBinder:
         self._clients.clear()
         for client in clients:
             await client.close()
-        movers = [mover for mover, _ in self._movers.values()]
-        self._movers.clear()
-        for mover in movers:
-            await mover.close()
+        await self._movers.close()
         broker, self._broker = self._broker, None
         if self._durable and broker is not None:
             self._durable = False

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
 from binder.message import DELIVER_AT
+from binder.movers import Movers
 from binder.spi import Capabilities, ConsumerSpec, OutboundRecord, ProducerSpec, RebalanceListener
 from binders.redis.options import RedisOptions
 from binders.redis.scheduler import Mover, delayed_key, member_of
@@ -107,7 +108,7 @@ class RedisBinder:
         self._counts: dict[str, int] = {}
         self.clock: Clock = SYSTEM
         """When delayed records are due (the app sets its own)."""
-        self._movers: dict[str, tuple[Mover, int]] = {}
+        self._movers = Movers(lambda destination: Mover(self, destination, self.clock))
 
     async def start(self) -> None:
         """Connect and ``PING``: BackendError naming the server when it does not answer."""
@@ -247,13 +248,13 @@ class RedisBinder:
             )
         destination = spec.destination
         streams = self.keys.streams(destination, count)
-        self._acquire(destination)
+        self._movers.acquire(destination)
         return RedisProducer(
             self._sends,
             destination,
             streams,
             lambda records, streams: self._schedule(destination, records, streams),
-            lambda: self._release(destination),
+            lambda: self._movers.release(destination),
         )
 
     async def _schedule(
@@ -271,26 +272,8 @@ class RedisBinder:
                     pipe.zadd(delayed_key(streams[record.partition]), {member_of(record): due})
                 await pipe.execute()
         mover = self._movers.get(destination)
-        if mover is not None:
-            mover[0].poke()
-
-    def _acquire(self, destination: str) -> None:
-        """One more client of ``destination``: its mover runs while it has any."""
-        mover, users = self._movers.get(destination, (None, 0))
-        if mover is None:
-            mover = Mover(self, destination, self.clock)
-            mover.start()
-        self._movers[destination] = (mover, users + 1)
-
-    async def _release(self, destination: str) -> None:
-        mover, users = self._movers.get(destination, (None, 0))
-        if mover is None:
-            return
-        if users > 1:
-            self._movers[destination] = (mover, users - 1)
-            return
-        del self._movers[destination]
-        await mover.close()
+        if isinstance(mover, Mover):
+            mover.poke()
 
     async def consumer(self, spec: ConsumerSpec, listener: RebalanceListener) -> RedisConsumer:
         from binders.redis.consumer import RedisConsumer
@@ -307,8 +290,8 @@ class RedisBinder:
             await consumer.close()
             raise
         destination = spec.destination
-        self._acquire(destination)
-        consumer.on_close = lambda: self._release(destination)
+        self._movers.acquire(destination)
+        consumer.on_close = lambda: self._movers.release(destination)
         return consumer
 
     def _consumer_name(self, spec: ConsumerSpec) -> str:
@@ -349,10 +332,7 @@ class RedisBinder:
         consumers, self._consumers = self._consumers, set()
         for consumer in consumers:
             await consumer.close()
-        movers = [mover for mover, _ in self._movers.values()]
-        self._movers.clear()
-        for mover in movers:
-            await mover.close()
+        await self._movers.close()
         sends, self._sends = self._sends, None
         if sends is not None:
             await sends.close()

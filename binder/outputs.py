@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from binder.clock import SYSTEM, Clock
@@ -355,6 +356,31 @@ class OutputBinding:
         for observer in self._observers:
             for record in records:
                 observer(self.destination, record)
+
+    async def send_located(self, records: Sequence[OutboundRecord]) -> list[tuple[int, Any]]:
+        """Send ``records`` (one by one: for tools) and say where each went: its partition and
+        its position where the producer tells it (``send_located``: an offset, an entry id),
+        ``"due <ISO time>"`` for a delayed record, else ``None``."""
+        if self._producer is None:
+            await self.start()
+        producer = self._producer
+        assert producer is not None
+        located = getattr(producer, "send_located", None)
+        places: list[tuple[int, Any]] = []
+        for record in records:
+            due = getattr(record, "due", None)
+            if due is not None:
+                await self._send([record])
+                when = datetime.fromtimestamp(due / 1000, UTC).isoformat(timespec="milliseconds")
+                places.append((record.partition, f"due {when}"))
+            elif located is not None:
+                (where,) = await located([record])
+                self.stats.sent += 1
+                places.append((record.partition, where))
+            else:
+                await self._send([record])
+                places.append((record.partition, None))
+        return places
 
     async def _send_or_hold(self, producer: Producer, records: Sequence[OutboundRecord]) -> None:
         """Records due later go to the producer's ``schedule``, the others as a batch."""

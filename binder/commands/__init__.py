@@ -11,6 +11,7 @@ __all__ = ["add"]
 
 def add(commands: Any) -> None:
     """Add every operator command group to ``commands``."""
-    from binder.commands import docs
+    from binder.commands import docs, messages
 
+    messages.add(commands)
     docs.add(commands)

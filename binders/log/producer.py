@@ -64,6 +64,22 @@ class LogProducer:
         except ENGINE_ERRORS as exc:
             raise backend_error(f"append to {self._topic!r}", exc) from exc
 
+    async def send_located(self, records: Sequence[OutboundRecord]) -> list[int]:
+        """Send each record alone; the offset each one got (for tools: ``binder send``)."""
+        if self._closed:
+            raise ClosedError(f"log producer for {self._topic!r} is closed")
+        offsets = []
+        try:
+            for r in records:
+                entry = (r.key, r.value, r.headers, time.time())
+                base, synced = self._broker.append_synced(self._topic, r.partition, [entry])
+                if synced is not None and self._syncs:
+                    await synced
+                offsets.append(base)
+        except ENGINE_ERRORS as exc:
+            raise backend_error(f"append to {self._topic!r}", exc) from exc
+        return offsets
+
     async def schedule(self, records: Sequence[OutboundRecord]) -> None:
         """Append delayed records to the destination's schedule (see
         :mod:`binders.log.scheduler`); returns once appended (and synced as the log's fsync

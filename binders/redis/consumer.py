@@ -134,12 +134,15 @@ class RedisConsumer:
 
         client, spec = self._client, self._spec
         with self._errors("subscribe"):
-            if self._group is None:
-                pipe = client.pipeline(transaction=False)
-                for stream in self._streams:
-                    pipe.xrevrange(stream, count=1)
-                for stream, last in zip(self._streams, await pipe.execute(), strict=True):
-                    self._positions[stream] = last[0][0] if last else b"0-0"
+            if self._group is None:  # from the end, or from the first entry kept
+                if spec.start == "earliest":
+                    self._positions = dict.fromkeys(self._streams, b"0-0")
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for stream in self._streams:
+                        pipe.xrevrange(stream, count=1)
+                    for stream, last in zip(self._streams, await pipe.execute(), strict=True):
+                        self._positions[stream] = last[0][0] if last else b"0-0"
                 self._owned = set(range(len(self._streams)))
                 return
             start = b"$" if spec.start == "latest" else b"0"

@@ -67,6 +67,20 @@ class SendQueue:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
+    async def add_one(self, stream: bytes, record: OutboundRecord) -> str:
+        """``XADD`` one record now, outside the queue (a tool's send); its entry id."""
+        fields: dict[str, Any] = {"payload": record.value or b""}
+        if record.key is not None:
+            fields["key"] = record.key
+        if record.headers:
+            fields["headers"] = orjson.dumps(record.headers)
+        maxlen = int(self._trim[2]) if self._trim else None
+        try:
+            entry = await self._client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        except CLIENT_ERRORS as exc:
+            raise backend_error(self._server, "XADD", exc) from exc
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
     async def send(self, records: Sequence[OutboundRecord], stream: Callable[[int], bytes]) -> None:
         """Queue ``records`` (``stream(partition)`` names each one's stream); return once
         Redis accepted them all. Queued before the first await, so calls keep their order."""
@@ -259,6 +273,12 @@ class RedisProducer:
             raise ClosedError(f"the redis producer of {self.destination!r} is closed")
         if records:
             await self._sends.send(records, self._stream)
+
+    async def send_located(self, records: Sequence[OutboundRecord]) -> list[str]:
+        """``XADD`` each record alone; the entry id each one got (for tools: ``binder send``)."""
+        if self._closed:
+            raise ClosedError(f"the redis producer of {self.destination!r} is closed")
+        return [await self._sends.add_one(self._stream(r.partition), r) for r in records]
 
     async def schedule(self, records: Sequence[OutboundRecord]) -> None:
         """Hold delayed records in their partitions' sorted sets (see

@@ -32,6 +32,7 @@ __all__ = [
     "Capabilities",
     "Consumer",
     "ConsumerSpec",
+    "GroupPosition",
     "InboundRecord",
     "OutboundRecord",
     "Producer",
@@ -297,6 +298,21 @@ class Consumer(Protocol):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class GroupPosition:
+    """Where a group is in one partition (for tools: ``binder groups``).
+
+    ``committed`` is the next position the group reads (``None``: it never committed there);
+    ``start`` the first position kept, ``end`` the next one written; ``lag`` what the group has
+    not committed. Positions are offsets on the log and Kafka, entry ids on Redis; a binder
+    that has no positions (RabbitMQ) gives ``None`` for them and only ``lag``."""
+
+    committed: int | str | None
+    start: int | str | None
+    end: int | str | None
+    lag: int | None
+
+
 @runtime_checkable
 class Binder(Protocol):
     """One configured backend connection: provisions destinations, makes clients.
@@ -308,7 +324,19 @@ class Binder(Protocol):
 
     A binder may have a ``messaging_system`` attribute: what tracing reports as
     ``messaging.system`` (``kafka``, ``redis``, ``rabbitmq``; the log's is
-    ``streambinder``); without one it is the binder's name. A binder with a ``clock``
+    ``streambinder``); without one it is the binder's name.
+
+    For the operator's tools (``binder groups``, ``binder dlq``) a binder may also have:
+    ``async groups(destination) -> list[str]`` (the groups it knows of the destination),
+    ``async positions(destination, group) -> dict[int, GroupPosition]``,
+    ``async members(destination, group) -> list[str]`` (the live members' names), and
+    ``async reset(destination, group, to) -> dict[int, position]``, which moves the group's
+    committed position of every partition to ``to``: ``"earliest"``, ``"latest"``, a
+    position, or a ``datetime`` (the first message at or after it), and returns the new
+    positions (with ``dry_run=True`` only returns them). A tool says the binder cannot when
+    one is missing.
+
+    A binder with a ``clock``
     attribute (a :class:`binder.clock.Clock`) is given the app's before it starts, and
     goes by it for when delayed records are due.
     """

@@ -11,7 +11,8 @@ __all__ = ["add"]
 
 def add(commands: Any) -> None:
     """Add every operator command group to ``commands``."""
-    from binder.commands import docs, messages
+    from binder.commands import docs, groups, messages
 
     messages.add(commands)
+    groups.add(commands)
     docs.add(commands)

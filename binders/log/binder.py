@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from pydantic import BaseModel
 from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
 from binder.movers import Movers
-from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binder.spi import (
+    Capabilities,
+    ConsumerSpec,
+    GroupPosition,
+    ProducerSpec,
+    RebalanceListener,
+)
 from binders.log.consumer import LogConsumer
 from binders.log.engine import Broker, memory_logs
 from binders.log.engine.disk import TopicPolicy
@@ -240,6 +247,46 @@ class LogBinder:
         self._movers.acquire(destination)
         self._clients.add(consumer)
         return consumer
+
+    # -- the operator's tools ---------------------------------------------------------------
+
+    async def groups(self, destination: str) -> list[str]:
+        return [g for g in self.broker.groups(destination) if not g.startswith("__")]
+
+    async def positions(self, destination: str, group: str) -> dict[int, GroupPosition]:
+        broker = self.broker
+        committed = broker.committed(group, destination)
+        starts, ends = broker.start_offsets(destination), broker.end_offsets(destination)
+        return {
+            p: GroupPosition(
+                committed.get(p),
+                starts[p],
+                end,
+                end - committed.get(p, starts[p]),
+            )
+            for p, end in ends.items()
+        }
+
+    async def members(self, destination: str, group: str) -> list[str]:
+        return self.broker.members(destination, group)
+
+    async def reset(
+        self, destination: str, group: str, to: Any, *, dry_run: bool = False
+    ) -> dict[int, int]:
+        """Move ``group``'s committed offsets (see the SPI's ``reset``)."""
+        broker = self.broker
+        if to == "earliest":
+            target = broker.start_offsets(destination)
+        elif to == "latest":
+            target = broker.end_offsets(destination)
+        elif isinstance(to, datetime):
+            target = broker.offsets_at(destination, to.timestamp())
+        else:
+            target = dict.fromkeys(broker.end_offsets(destination), int(to))
+        if not dry_run:
+            with engine_errors(f"reset {group!r} on {destination!r}"):
+                broker.set_committed(group, destination, target)
+        return target
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         with engine_errors(f"delete {destination!r}"):

@@ -42,7 +42,13 @@ from pydantic import BaseModel
 
 from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
-from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binder.spi import (
+    Capabilities,
+    ConsumerSpec,
+    GroupPosition,
+    ProducerSpec,
+    RebalanceListener,
+)
 from binders.rabbit.delays import Ladder
 from binders.rabbit.options import QueueOptions, RabbitOptions
 
@@ -444,6 +450,41 @@ class RabbitBinder:
             await consumer.close()
             raise
         return consumer
+
+    # -- the operator's tools ---------------------------------------------------------------
+
+    async def positions(self, destination: str, group: str) -> dict[int, GroupPosition]:
+        """Per partition queue of ``group``: the messages ready in it (AMQP has no positions;
+        those delivered and not acknowledged are not counted)."""
+        exchange = self.exchange_of(destination)
+        count = await self.partitions_of(exchange)
+        found: dict[int, GroupPosition] = {}
+        for partition, queue in enumerate(Names.group_queues(exchange, group, count)):
+            if not await self.queue_exists(queue):
+                continue
+            declared = await self.declare(
+                f"look up the queue {queue!r}",
+                lambda ch, q=queue: ch.queue_declare(q, passive=True),
+            )
+            found[partition] = GroupPosition(None, None, None, declared.message_count or 0)
+        return found
+
+    async def members(self, destination: str, group: str) -> list[str]:
+        """A name per consumer of the group's queues, ``<queue>#<n>`` (AMQP tells how many
+        consume a queue, not who)."""
+        exchange = self.exchange_of(destination)
+        count = await self.partitions_of(exchange)
+        names = []
+        for queue in Names.group_queues(exchange, group, count):
+            if await self.queue_exists(queue):
+                consumers = (await self._look_up(queue)).consumer_count or 0
+                names += [f"{queue}#{n}" for n in range(1, consumers + 1)]
+        return names
+
+    async def _look_up(self, queue: str) -> Any:
+        return await self.declare(
+            f"look up the queue {queue!r}", lambda ch: ch.queue_declare(queue, passive=True)
+        )
 
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         """Remove the exchange, the queues of ``groups``, the destination's own queue and its

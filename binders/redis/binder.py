@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -33,7 +35,14 @@ from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
 from binder.message import DELIVER_AT
 from binder.movers import Movers
-from binder.spi import Capabilities, ConsumerSpec, OutboundRecord, ProducerSpec, RebalanceListener
+from binder.spi import (
+    Capabilities,
+    ConsumerSpec,
+    GroupPosition,
+    OutboundRecord,
+    ProducerSpec,
+    RebalanceListener,
+)
 from binders.redis.options import RedisOptions
 from binders.redis.scheduler import Mover, delayed_key, member_of
 
@@ -306,6 +315,87 @@ class RedisBinder:
             name = f"{self.consumer_name}-{n}"
         return name
 
+    # -- the operator's tools ---------------------------------------------------------------
+
+    async def _streams_of(self, destination: str) -> list[bytes]:
+        return self.keys.streams(destination, await self.partition_count(destination) or 1)
+
+    async def groups(self, destination: str) -> list[str]:
+        names: set[str] = set()
+        for stream in await self._streams_of(destination):
+            names |= await group_names(self.client, stream)
+        return sorted(names)
+
+    async def positions(self, destination: str, group: str) -> dict[int, GroupPosition]:
+        """Per partition: the group's last delivered id, the first and last entry ids, and
+        its pending + unread entries (``XINFO GROUPS``, ``XINFO STREAM``)."""
+        from binders.redis.errors import backend_errors
+
+        found: dict[int, GroupPosition] = {}
+        with backend_errors(self.server, f"read the positions of {group!r}"):
+            for partition, stream in enumerate(await self._streams_of(destination)):
+                if not await self.client.exists(stream):
+                    found[partition] = GroupPosition(None, None, None, 0)
+                    continue
+                info = await self.client.xinfo_stream(stream)
+                first, last = info.get("first-entry"), info.get("last-generated-id")
+                mine = {}
+                for entry in await self.client.xinfo_groups(stream):
+                    if _text(entry.get("name")) == group:
+                        mine = entry
+                lag = int(mine.get("pending") or 0) + int(mine.get("lag") or 0) if mine else None
+                found[partition] = GroupPosition(
+                    _text(mine["last-delivered-id"]) if mine else None,
+                    _text(first[0]) if first else None,
+                    _text(last) if last else None,
+                    lag,
+                )
+        return found
+
+    async def members(self, destination: str, group: str) -> list[str]:
+        """The members holding a lease in the group, and the group's consumers that read
+        within the last ``lease-ms``."""
+        from binders.redis.errors import backend_errors
+
+        now = int(time.time() * 1000)
+        live: set[str] = set()
+        with backend_errors(self.server, f"list the members of {group!r}"):
+            leased = await self.client.zrangebyscore(
+                self.keys.members(destination, group), now, "+inf"
+            )
+            live |= {_text(name) for name in leased}
+            for stream in await self._streams_of(destination):
+                if group not in await group_names(self.client, stream):
+                    continue
+                for consumer in await self.client.xinfo_consumers(stream, group):
+                    if int(consumer.get("idle") or 0) < self.options.lease_ms:
+                        live.add(_text(consumer.get("name")))
+        return sorted(live)
+
+    async def reset(
+        self, destination: str, group: str, to: Any, *, dry_run: bool = False
+    ) -> dict[int, str]:
+        """``XGROUP SETID`` on each partition: ``0`` (earliest), ``$`` (latest), an entry id
+        (read from the entry after it), or the entry before the first at a time."""
+        from binders.redis.errors import backend_errors
+
+        target: dict[int, str] = {}
+        with backend_errors(self.server, f"reset {group!r} on {destination!r}"):
+            for partition, stream in enumerate(await self._streams_of(destination)):
+                if to == "earliest":
+                    target[partition] = "0-0"
+                elif to == "latest":
+                    target[partition] = "$"
+                elif isinstance(to, datetime):
+                    millis = int(to.timestamp() * 1000)
+                    first = await self.client.xrange(stream, min=f"{millis}-0", count=1)
+                    target[partition] = _before(_text(first[0][0])) if first else "$"
+                else:
+                    target[partition] = str(to)
+                if not dry_run:
+                    await self.client.xgroup_setid(stream, group, target[partition])
+        return target
+
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
         """Remove the destination's streams, partition count, leases and member lists."""
         from binders.redis.errors import backend_errors
@@ -364,6 +454,14 @@ async def group_names(client: Any, stream: bytes) -> set[str]:
     except ResponseError:  # no such key
         return set()
     return {_text(g["name"]) for g in groups}
+
+
+def _before(entry: str) -> str:
+    """The entry id just before ``entry`` (the last delivered id that makes it the next)."""
+    millis, _, sequence = entry.partition("-")
+    if int(sequence or 0) > 0:
+        return f"{millis}-{int(sequence) - 1}"
+    return f"{int(millis) - 1}-18446744073709551615" if int(millis) > 0 else "0-0"
 
 
 def _text(value: Any) -> str:

@@ -321,6 +321,54 @@ class Broker:
             offsets = ((p, self._offsets.committed(group, topic, p)) for p in range(count))
             return {p: offset for p, offset in offsets if offset is not None}
 
+    def groups(self, topic: str) -> list[str]:
+        """The groups that committed on ``topic`` or are members of it here, sorted."""
+        with self._lock:
+            found = self._topics.get(topic)
+            if found is None:
+                return []
+            return sorted(set(self._offsets.groups(topic)) | set(found._groups))
+
+    def members(self, topic: str, group: str) -> list[str]:
+        """The live members of ``group`` on ``topic``, in every process of the storage."""
+        with self._lock:
+            found = self._topics.get(topic)
+            if found is None:
+                return []
+            known = found._group_locked(group)
+            if known.shared is not None:
+                return sorted(known.shared.live())
+            return sorted(member.id for member in known.members)
+
+    def set_committed(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Commit ``offsets`` (partition → next offset) for ``group``, as a tool does while
+        the group has no members (each offset is kept within what the partition holds)."""
+        with self._lock:
+            self._check_open()
+            found = self._topic_locked(topic)
+            for partition, offset in offsets.items():
+                log = self._log_locked(found, partition)
+                bounded = min(max(offset, log.start_offset), log.end_offset)
+                self._offsets.commit(group, topic, partition, bounded)
+
+    def offsets_at(self, topic: str, timestamp: float) -> dict[int, int]:
+        """Partition → the first offset whose record is at least ``timestamp`` (epoch s) old,
+        the end offset when none is."""
+        found: dict[int, int] = {}
+        for partition, end in self.end_offsets(topic).items():
+            offset = self.start_offsets(topic)[partition]
+            found[partition] = end
+            while offset < end:
+                batch = self.read(topic, partition, offset, 1000)
+                if not batch:
+                    break
+                hit = next((r.offset for r in batch if (r.timestamp or 0) >= timestamp), None)
+                if hit is not None:
+                    found[partition] = hit
+                    break
+                offset = batch[-1].offset + 1  # type: ignore[operator]
+        return found
+
     def register_group(self, topic: str, group: str) -> None:
         """Create ``group`` on ``topic`` (made if missing) at the earliest offsets. Idempotent.
 

@@ -32,7 +32,7 @@ from binder.health import HealthServer, health
 from binder.invoke import Invoker
 from binder.message import DELAY, EXPIRES_AT
 from binder.outputs import Observer, OutputBinding
-from binder.retry import RetryPolicy, dead_letter_destination
+from binder.retry import RetryPolicy, dead_letter_destination, retry_destination
 from binder.spi import Binder, ConsumerSpec
 from binder.tracing import Tracing, tracing
 
@@ -44,7 +44,9 @@ __all__ = ["App"]
 log = logging.getLogger("binder.app")
 F = TypeVar("F", bound=Callable[..., Any])
 BinderFactory = Callable[[str, Any], Binder]
-_BINDING_NAME = re.compile(r"^(?P<fn>.+)-(?P<dir>in|out)-(?P<index>\d+)$")
+BINDING_NAME = re.compile(r"^(?P<fn>.+)-(?P<dir>in|out)-(?P<index>\d+)$")
+"""A function's binding name, ``<function>-in|out-<n>``; any other binding is one ``app.send``
+uses."""
 _MAX_SEND_OUTPUTS = 128
 
 
@@ -496,7 +498,7 @@ class App:
         ones ``app.send`` uses, so their partition counts and required groups exist before
         any consumer starts. Bindings of functions not active here are another process's."""
         for name, config in self.config.bindings.items():
-            if _BINDING_NAME.match(name) is not None or name in self._outputs:
+            if BINDING_NAME.match(name) is not None or name in self._outputs:
                 continue
             output = await self._output(name, config)
             await output.start()
@@ -624,7 +626,7 @@ class App:
         count = await binder.provision(destination, 1)
         later = OutputBinding(
             f"{name}.retry",
-            f"{destination}.{config.group}.retry",
+            retry_destination(destination, config.group),
             binder,
             self.converters,
             content_type=config.content_type,

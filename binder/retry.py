@@ -36,7 +36,7 @@ from binder.message import (
 )
 from binder.spi import InboundRecord, OutboundRecord, RawHeaders
 
-__all__ = ["RetryPolicy", "dead_letter_destination", "dead_letter_record"]
+__all__ = ["RetryPolicy", "dead_letter_destination", "dead_letter_record", "retry_destination"]
 
 MAX_HEADER_TEXT = 4096
 """The longest ``x-exception-message`` (characters)."""
@@ -95,6 +95,12 @@ def cause_of(exc: BaseException) -> BaseException:
     if isinstance(exc, HandlerError) and exc.__cause__ is not None:
         return exc.__cause__
     return exc
+
+
+def retry_destination(destination: str, group: str) -> str:
+    """``<destination>.<group>.retry``: where ``retry-mode: delayed`` schedules a group's
+    retries."""
+    return f"{destination}.{group}.retry"
 
 
 def dead_letter_destination(destination: str, group: str | None, override: str | None) -> str:

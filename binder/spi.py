@@ -192,6 +192,9 @@ class ConsumerSpec:
     max_records: int = 500
     concurrency: int = 1
     options: Any = None
+    browse: bool = False
+    """The consumer will commit nothing (a tool looking at what is there): a binder may read
+    accordingly; every record stays for the group."""
 
 
 @runtime_checkable

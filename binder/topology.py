@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from binder.app import _BINDING_NAME  # the same test App.start uses for app.send's bindings
+from binder.app import BINDING_NAME  # the same test App.start uses for app.send's bindings
 from binder.config import BinderSection, BindingConfig
 from binder.functions import Pipeline, parse_definition
-from binder.retry import ANONYMOUS, dead_letter_destination
+from binder.retry import ANONYMOUS, dead_letter_destination, retry_destination
 
 if TYPE_CHECKING:
     from binder.app import App
@@ -155,7 +155,7 @@ def _input_flows(pipeline: Pipeline, config: BindingConfig) -> Iterator[Flow]:
         dlq = dead_letter_destination(destination, config.group, options.dead_letter_destination)
         yield Flow("send", "dead-letter", f"{name}.dlq", function, dlq, config, pipeline)
     if options.retry_mode == "delayed" and config.group is not None:
-        retries = f"{destination}.{config.group}.retry"  # as App._retry_output names it
+        retries = retry_destination(destination, config.group)
         actions: tuple[Action, ...] = ("send", "receive")
         for action in actions:
             yield Flow(action, "retry", f"{name}.retry", function, retries, config, pipeline)
@@ -164,7 +164,7 @@ def _input_flows(pipeline: Pipeline, config: BindingConfig) -> Iterator[Flow]:
 def _send_flows(section: BinderSection) -> Iterator[Flow]:
     """The configured bindings that no function binds: the ones ``app.send`` uses."""
     for name in section.bindings:
-        if _BINDING_NAME.match(name) is None:
+        if BINDING_NAME.match(name) is None:
             config = _resolved(section, name)
             yield Flow("send", "binding", name, SEND, config.destination or "", config)
 

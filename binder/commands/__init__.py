@@ -11,8 +11,9 @@ __all__ = ["add"]
 
 def add(commands: Any) -> None:
     """Add every operator command group to ``commands``."""
-    from binder.commands import docs, groups, messages
+    from binder.commands import dlq, docs, groups, messages
 
     messages.add(commands)
     groups.add(commands)
+    dlq.add(commands)
     docs.add(commands)

@@ -146,11 +146,12 @@ class RabbitConsumer:
         others. Once a message that was not redelivered has been handled, its queue is consumed
         again with the full prefetch (:meth:`_widen`). Not partition queues: RabbitMQ 3.10
         crashes a single-active-consumer classic queue whose consumer is cancelled and made
-        again, so those are consumed with the full prefetch from the start."""
+        again, so those are consumed with the full prefetch from the start; nor a browsing
+        consumer (``ConsumerSpec.browse``), which acknowledges nothing."""
         binder, spec = self._binder, self._spec
         queues = await self._queues()
         self._channel = await binder.channel()
-        careful = self._group is not None and not self._single_active
+        careful = self._group is not None and not self._single_active and not spec.browse
         with backend_errors(self._server, f"subscribe to {self._destination!r}"):
             channel = self._underlay = await self._channel.get_underlay_channel()
             async with asyncio.timeout(binder.options.connect_timeout):

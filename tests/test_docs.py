@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -70,3 +72,37 @@ def test_the_tracing_example_runs_and_makes_one_trace(capsys: pytest.CaptureFixt
 def test_the_testing_with_time_example_runs() -> None:
     (block,) = [b for b in _python_blocks() if "ManualClock" in b]
     exec(compile(block, "README-time", "exec"), {"__name__": "readme_time"})
+
+
+def _operator_commands() -> list[str]:
+    """The ``binder ...`` lines of the operator's section's sh blocks (none piped)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## The operator's command line", 1)[1].split("\n## ", 1)[0]
+    lines = re.findall(r"```sh\n(.*?)```", section, re.S)
+    found = (line.strip() for block in lines for line in block.splitlines())
+    return [line for line in found if line and "|" not in line]
+
+
+def test_the_operator_commands_run_as_written(tmp_path: Path) -> None:
+    """Each on a copy of the orders example (its durable log is made in the copy)."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(README.parent / "examples", tmp_path / "examples")
+    shutil.rmtree(tmp_path / "examples" / "orders" / "data", ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDER_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    commands = _operator_commands()
+    assert len(commands) >= 7
+    for line in commands:
+        command = shlex.split(line)
+        assert command[0] == "binder"
+        done = subprocess.run(
+            [sys.executable, "-m", "binder", *command[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, (line, done.stderr)

@@ -25,7 +25,8 @@ groups keeps what was sent before the group's consumer started.
 
 The scenarios, by theme: :mod:`.delivery`, :mod:`.groups`, :mod:`.partitions`,
 :mod:`.retries`, :mod:`.lifecycle`, :mod:`.failures`, :mod:`.timing` (delays, expiry,
-delayed retries); their fixtures are in :mod:`.fixtures`.
+delayed retries), :mod:`.tools` (what ``binder groups`` and ``binder dlq`` need); their
+fixtures are in :mod:`.fixtures`.
 """
 
 from binder.testing.conformance import (
@@ -37,6 +38,7 @@ from binder.testing.conformance import (
     partitions,
     retries,
     timing,
+    tools,
 )
 from binder.testing.conformance.delivery import *  # noqa: F403
 from binder.testing.conformance.failures import *  # noqa: F403
@@ -46,6 +48,7 @@ from binder.testing.conformance.lifecycle import *  # noqa: F403
 from binder.testing.conformance.partitions import *  # noqa: F403
 from binder.testing.conformance.retries import *  # noqa: F403
 from binder.testing.conformance.timing import *  # noqa: F403
+from binder.testing.conformance.tools import *  # noqa: F403
 
 __all__ = [
     *fixtures.__all__,
@@ -56,4 +59,5 @@ __all__ = [
     *partitions.__all__,
     *retries.__all__,
     *timing.__all__,
+    *tools.__all__,
 ]

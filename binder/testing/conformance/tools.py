@@ -1,0 +1,86 @@
+"""What the operator's tools need of a binder (``binder groups``, ``binder dlq``): the groups
+of a destination, their positions and lag, their live members, and moving a group.
+
+A binder without one of these methods (RabbitMQ has no positions to move) skips the
+scenario that needs it, naming the method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from binder.spi import GroupPosition
+from binder.testing.conformance.groups import consumer_app, payloads_of, send_all
+from binder.testing.conformance.support import Conformance, Inbox, require, run
+
+__all__ = [
+    "test_a_group_reset_to_earliest_reads_everything_again",
+    "test_groups_positions_and_members_of_a_destination",
+]
+
+
+def _needs(binder: Any, *names: str) -> None:
+    for name in names:
+        if not callable(getattr(binder, name, None)):
+            pytest.skip(f"binder lacks {name}() for the operator's tools")
+
+
+def test_groups_positions_and_members_of_a_destination(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """A group that read everything has lag 0 on every partition and is listed; while its app
+    runs it has a live member, once stopped none."""
+    require(conformance.capabilities, "consumer_groups")
+
+    async def scenario() -> tuple[list[str], dict[int, GroupPosition], list[str], list[str]]:
+        await conformance.provision(dest, 1, [group])
+        await send_all(conformance, dest, [{"n": n} for n in range(3)])
+        inbox: Inbox[tuple[str, Any]] = Inbox()
+        async with conformance.binder() as binder:
+            _needs(binder, "positions", "members")
+            async with consumer_app(conformance, dest, group, inbox):
+                await inbox.wait_count(3, "every message")
+                live = await binder.members(dest, group)
+            await asyncio.sleep(0.2)
+            gone = await binder.members(dest, group)
+            listed = (
+                await binder.groups(dest) if callable(getattr(binder, "groups", None)) else [group]
+            )
+            return listed, await binder.positions(dest, group), live, gone
+
+    listed, positions, live, gone = run(scenario())
+    assert group in listed
+    assert positions and all(p.lag == 0 for p in positions.values()), positions
+    assert live, "a running member is live"
+    assert gone == [], "a stopped member is not"
+
+
+def test_a_group_reset_to_earliest_reads_everything_again(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """After a group read three messages and stopped, a reset to earliest makes its next
+    member read the three again; a dry run changes nothing."""
+    require(conformance.capabilities, "consumer_groups")
+
+    async def scenario() -> tuple[list[Any], list[Any], dict[int, GroupPosition]]:
+        await conformance.provision(dest, 1, [group])
+        await send_all(conformance, dest, [{"n": n} for n in range(3)])
+        first: Inbox[tuple[str, Any]] = Inbox()
+        async with consumer_app(conformance, dest, group, first):
+            await first.wait_count(3, "the first read")
+        async with conformance.binder() as binder:
+            _needs(binder, "reset", "positions")
+            await binder.reset(dest, group, "earliest", dry_run=True)
+            unchanged = await binder.positions(dest, group)
+            await binder.reset(dest, group, "earliest")
+        again: Inbox[tuple[str, Any]] = Inbox()
+        async with consumer_app(conformance, dest, group, again):
+            await again.wait_count(3, "everything again after the reset")
+        return payloads_of(first.items), payloads_of(again.items), unchanged
+
+    first, again, unchanged = run(scenario())
+    assert first == again == [{"n": n} for n in range(3)]
+    assert all(p.lag == 0 for p in unchanged.values()), "the dry run moved nothing"

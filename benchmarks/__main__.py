@@ -30,6 +30,13 @@ def main() -> None:
         help="messages per RabbitMQ run (bench_rabbit, on $RABBITMQ_URL else 127.0.0.1:5672; "
         "0 skips it)",
     )
+    parser.add_argument(
+        "--delays-n",
+        type=int,
+        default=100_000,
+        help="delayed messages per run (bench_delays: in-memory log, durable log, Redis; "
+        "0 skips it)",
+    )
     args = parser.parse_args()
     bench_core.main(args.n)
     if args.log:
@@ -48,6 +55,10 @@ def main() -> None:
         from benchmarks import bench_rabbit
 
         bench_rabbit.main(args.rabbit_n)
+    if args.delays_n:
+        from benchmarks import bench_delays
+
+        bench_delays.main(args.delays_n)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from binder.errors import ClosedError
 from binder.spi import OutboundRecord
 from binders.log.engine import Broker, Entry
 from binders.log.errors import ENGINE_ERRORS, backend_error
-from binders.log.scheduler import schedule_entries, schedule_topic
+from binders.log.scheduler import SCHEDULE_BATCH, schedule_entries, schedule_topic
 
 __all__ = ["LogProducer"]
 
@@ -90,8 +90,14 @@ class LogProducer:
         try:
             if self._broker.topic(topic) is None:
                 self._broker.create_topic(topic, 1)
-            future = self._broker.append_synced(topic, 0, schedule_entries(records, time.time()))[1]
-            if future is not None:
+            entries = schedule_entries(records, time.time())
+            waits = []
+            for start in range(0, len(entries), SCHEDULE_BATCH):
+                chunk = entries[start : start + SCHEDULE_BATCH]
+                future = self._broker.append_synced(topic, 0, chunk)[1]
+                if future is not None:
+                    waits.append(future)
+            for future in waits:
                 await future
         except ENGINE_ERRORS as exc:
             raise backend_error(f"schedule on {self._topic!r}", exc) from exc

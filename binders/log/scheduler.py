@@ -25,7 +25,7 @@ from binder.clock import Clock
 from binder.message import DELIVER_AT
 from binders.log.engine import Broker, Entry, Member
 
-__all__ = ["MOVER_GROUP", "Mover", "schedule_entries", "schedule_topic"]
+__all__ = ["MOVER_GROUP", "SCHEDULE_BATCH", "Mover", "schedule_entries", "schedule_topic"]
 
 log = logging.getLogger("binder.log.scheduler")
 
@@ -36,6 +36,11 @@ TARGET = "x-scheduled-partition"
 MOVED = "x-scheduled-moved"
 """Header of a marker: the schedule offset of a record that was moved."""
 _BATCH = 1000
+_STEP = 500
+"""Most records one step of a move appends before letting the loop run."""
+SCHEDULE_BATCH = 8
+"""Records per appended batch of a schedule: a move reads one record back, and the engine
+decodes a whole batch to read one, so the schedule's batches are kept small."""
 _NEVER = float("inf")
 
 
@@ -189,16 +194,22 @@ class Mover:
             heapq.heappush(self._waiting, record.offset)
 
     async def _move_due(self) -> None:
-        """Append every due record to its partition, then the markers, then commit."""
-        now = self.clock.time() * 1000
-        due: list[tuple[int, int]] = []
-        while self._due and self._due[0][0] <= now:
-            _, offset, partition = heapq.heappop(self._due)
-            if offset not in self._moved:
-                due.append((offset, partition))
-        if due:
-            await self._append(due)
-        self._commit()
+        """Append every due record to its partition, then the markers, then commit; in steps
+        of :data:`_STEP` records, letting the loop run between them (a backlog does not stall
+        the app)."""
+        while True:
+            now = self.clock.time() * 1000
+            due: list[tuple[int, int]] = []
+            while self._due and self._due[0][0] <= now and len(due) < _STEP:
+                _, offset, partition = heapq.heappop(self._due)
+                if offset not in self._moved:
+                    due.append((offset, partition))
+            if due:
+                await self._append(due)
+            self._commit()
+            if len(due) < _STEP:
+                return
+            await asyncio.sleep(0)
 
     async def _append(self, due: list[tuple[int, int]]) -> None:
         broker, topic = self.broker, self.topic

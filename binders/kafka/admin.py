@@ -53,10 +53,17 @@ class Provisioner:
         """Partition counts of the topics this binder has provisioned or looked up."""
         return self._known
 
-    async def ensure_topic(self, topic: str, partitions: int, create_with: int = 0) -> int:
+    async def ensure_topic(
+        self,
+        topic: str,
+        partitions: int,
+        create_with: int = 0,
+        configs: Mapping[str, str] | None = None,
+    ) -> int:
         """Make ``topic`` exist with at least ``partitions``; its partition count.
 
-        A missing topic is created with ``max(partitions, create_with)``. ConfigError
+        A missing topic is created with ``max(partitions, create_with)`` and the binder's
+        ``topic-config``, ``configs`` (an internal topic's own) over it. ConfigError
         when it is missing and ``auto-create-topics`` is off, or has fewer than
         ``partitions`` and ``auto-add-partitions`` is off.
         """
@@ -65,7 +72,7 @@ class Provisioner:
             return known
         current = await self.partition_count(topic)
         if current is None:
-            current = await self._create(topic, max(partitions, create_with))
+            current = await self._create(topic, max(partitions, create_with), configs or {})
         if current < partitions:
             current = await self._grow(topic, current, partitions)
         self._known[topic] = current
@@ -80,7 +87,7 @@ class Provisioner:
                 return len(entry["partitions"])
         return None
 
-    async def _create(self, topic: str, partitions: int) -> int:
+    async def _create(self, topic: str, partitions: int, configs: Mapping[str, str]) -> int:
         if not self._options.auto_create_topics:
             raise ConfigError(
                 f"topic {topic!r} does not exist on kafka at {self._servers} "
@@ -92,7 +99,7 @@ class Provisioner:
             topic,
             partitions,
             self._options.replication_factor,
-            topic_configs=dict(self._options.topic_config),
+            topic_configs={**self._options.topic_config, **configs},
         )
         with backend_errors(self._servers, f"create topic {topic!r}"):
             response = await self._admin.create_topics([new])

@@ -1,12 +1,14 @@
 """The ``kafka`` binder: aiokafka clients behind the binder SPI, its capabilities and type.
 
 One admin connection provisions topics; one producer client, shared by every
-destination, sends; each input binding has its own consumer client.
+destination, sends; each input binding has its own consumer client. While a destination
+has a producer or consumer here, its :class:`~binders.kafka.forwarder.Forwarder` moves
+its delayed records (one consumer client more, once the destination has a delay topic).
 
 This module imports no client at load time (``import binders.kafka`` loads it, also
 without the ``kafka`` extra, so ``binder check`` validates Kafka options): aiokafka and
-the modules built on it (``admin``, ``producer``, ``consumer``, ``errors``) are imported
-when a binder is created and its clients are made.
+the modules built on it (``admin``, ``producer``, ``consumer``, ``scheduler``, ``forwarder``,
+``errors``) are imported when a binder is created and its clients are made.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
-from binder.spi import Capabilities, ConsumerSpec, ProducerSpec, RebalanceListener
+from binder.movers import Movers
+from binder.spi import (
+    Capabilities,
+    ConsumerSpec,
+    GroupPosition,
+    OutboundRecord,
+    ProducerSpec,
+    RebalanceListener,
+)
 from binders.kafka.options import KafkaOptions
 
 if TYPE_CHECKING:
@@ -28,6 +39,7 @@ if TYPE_CHECKING:
 
     from binders.kafka.admin import Provisioner
     from binders.kafka.consumer import KafkaConsumer
+    from binders.kafka.forwarder import Forwarder
     from binders.kafka.producer import KafkaProducer, SendQueue
 
 __all__ = ["CAPABILITIES", "KAFKA_BINDER_TYPE", "KafkaBinder", "client_settings"]
@@ -43,9 +55,11 @@ CAPABILITIES = Capabilities(
     offsets=True,
     max_payload_bytes=1_000_000,
     tombstones=True,
+    delayed_delivery=True,
 )
 """``max_payload_bytes``: a broker's default ``message.max.bytes`` (1 MiB + 12) bounds a
-record batch, so payload, key, headers and framing together stay under 1 MiB."""
+record batch, so payload, key, headers and framing together stay under 1 MiB.
+``delayed_delivery``: a delay topic per destination (:mod:`binders.kafka.scheduler`)."""
 
 
 class KafkaBinder:
@@ -64,6 +78,10 @@ class KafkaBinder:
         self._producer_lock = asyncio.Lock()
         self._sends: SendQueue | None = None
         self._consumers: set[KafkaConsumer] = set()
+        self._creating = asyncio.Lock()  # delay topics: one creation at a time, in call order
+        self._forwarders = Movers(self._forwarder)
+        self.clock: Clock = SYSTEM
+        """When delayed records are due (the app sets its own)."""
 
     async def start(self) -> None:
         """Connect the admin client: BackendError naming the broker when unreachable."""
@@ -85,6 +103,11 @@ class KafkaBinder:
         if self._admin is None:
             raise ClosedError(f"kafka binder {self.name!r} is not started (or closed)")
         return self._admin
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        """The keyword arguments every client of this binder is made with."""
+        return self._connection
 
     async def provision(
         self,
@@ -117,10 +140,20 @@ class KafkaBinder:
     async def producer(self, spec: ProducerSpec) -> KafkaProducer:
         from binders.kafka.producer import KafkaProducer
 
-        await self.provision(spec.destination, spec.partition_count)
-        return KafkaProducer(await self._send_queue(), spec.destination, self._servers)
+        destination = spec.destination
+        await self.provision(destination, spec.partition_count)
+        producer = KafkaProducer(
+            await self.send_queue(),
+            destination,
+            self._servers,
+            schedule=lambda records: self._schedule(destination, records),
+            on_close=lambda: self._release(destination),
+        )
+        self._acquire(destination)
+        return producer
 
-    async def _send_queue(self) -> SendQueue:
+    async def send_queue(self) -> SendQueue:
+        """The queue of the binder's one producer client (started on first use)."""
         from aiokafka import AIOKafkaProducer
 
         from binders.kafka.errors import backend_errors
@@ -165,6 +198,8 @@ class KafkaBinder:
             raise
         self._consumers = {c for c in self._consumers if not c.closed}
         self._consumers.add(consumer)
+        consumer.on_close = lambda: self._release(spec.destination)
+        self._acquire(spec.destination)
         return consumer
 
     def _consumer_settings(self, spec: ConsumerSpec) -> dict[str, Any]:
@@ -180,14 +215,76 @@ class KafkaBinder:
         """A join may wait for every other member to finish its in-flight work."""
         return (self.options.max_poll_interval_ms + self.options.session_timeout_ms) / 1000 + 10
 
+    # -- delayed records ---------------------------------------------------------------------
+
+    async def _schedule(self, destination: str, records: Sequence[OutboundRecord]) -> None:
+        """Write delayed records to the destination's delay topic (made on first use)."""
+        from binders.kafka.errors import CLIENT_ERRORS, backend_error
+        from binders.kafka.scheduler import PARTITIONS, TOPIC_CONFIG, delay_topic, scheduled
+
+        topic = delay_topic(destination)
+        if self.admin.known().get(topic, 0) < PARTITIONS:
+            async with self._creating:
+                await self.admin.ensure_topic(topic, PARTITIONS, PARTITIONS, TOPIC_CONFIG)
+        sends = self._sends or await self.send_queue()
+        try:  # nothing awaited since the topic was known: concurrent calls keep their order
+            await sends.send(topic, scheduled(records, int(self.clock.time() * 1000)))
+        except CLIENT_ERRORS as exc:
+            raise backend_error(self._servers, f"schedule on {destination!r}", exc) from exc
+        forwarder = self._forwarders.get(destination)
+        if forwarder is not None:
+            forwarder.poke()  # type: ignore[attr-defined]
+
+    def _forwarder(self, destination: str) -> Forwarder:
+        """The forwarder of ``destination`` (run while it has a producer or consumer here)."""
+        from binders.kafka.forwarder import Forwarder
+
+        return Forwarder(self, destination, self.clock)
+
+    def _acquire(self, destination: str) -> None:
+        self._forwarders.acquire(destination)
+
+    async def _release(self, destination: str) -> None:
+        await self._forwarders.release(destination)
+
+    # -- the operator's tools (binders.kafka.tools) ------------------------------------------
+
+    async def groups(self, destination: str) -> list[str]:
+        from binders.kafka import tools
+
+        return [g for g in await tools.groups(self, destination) if not g.endswith(".__forwarder")]
+
+    async def positions(self, destination: str, group: str) -> dict[int, GroupPosition]:
+        from binders.kafka import tools
+
+        return await tools.positions(self, destination, group)
+
+    async def members(self, destination: str, group: str) -> list[str]:
+        from binders.kafka import tools
+
+        return await tools.members(self, destination, group)
+
+    async def reset(
+        self, destination: str, group: str, to: Any, *, dry_run: bool = False
+    ) -> dict[int, int]:
+        from binders.kafka import tools
+
+        return await tools.reset(self, destination, group, to, dry_run=dry_run)
+
     async def delete(self, destination: str, groups: Sequence[str] = ()) -> None:
+        """Delete the topic and ``groups``, and its delay topic with its forwarders' group."""
+        from binders.kafka.scheduler import delay_topic, forwarder_group
+
         await self.admin.delete(destination, groups)
+        await self.admin.delete(delay_topic(destination), [forwarder_group(destination)])
 
     async def close(self) -> None:
-        """Close the consumers, the producer and the admin client. Idempotent."""
+        """Close the consumers, the forwarders, the producer and the admin client.
+        Idempotent."""
         consumers, self._consumers = self._consumers, set()
         for consumer in consumers:
             await consumer.close()
+        await self._forwarders.close()
         sends, self._sends = self._sends, None
         if sends is not None:
             await sends.close()

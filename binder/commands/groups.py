@@ -92,7 +92,7 @@ async def _act(source: Source, args: argparse.Namespace) -> int:
             kind = source.section.binders[source.binder].type
             return fail(
                 f"the {kind} binder cannot {args.action} groups (it has no {missing}(): "
-                f"{_WHY.get(kind, 'not offered by this binder')})",
+                "the binder does not offer it; its README section says why)",
                 CANNOT,
             )
         if args.action == "list":
@@ -100,11 +100,6 @@ async def _act(source: Source, args: argparse.Namespace) -> int:
         if args.action == "describe":
             return await _describe(binder, destination, args)
         return await _reset(binder, destination, args)
-
-
-_WHY = {
-    "rabbit": "AMQP lists no queues and a queue has no positions to move",
-}
 
 
 def _print_list(groups: list[str], args: argparse.Namespace) -> int:

@@ -199,6 +199,15 @@ class InputBinding(_Lifecycle):
         await self._drop_consumer()
         self.state = BindingState.STOPPED
 
+    async def backlog(self) -> int | None:
+        """Records of the destination this binding has still to finish: not yet committed
+        by its group on the partitions it holds (``Consumer.lag``), or ``None`` when its
+        binder cannot tell or it has no consumer."""
+        read = getattr(self._consumer, "lag", None)
+        if read is None:
+            return None
+        return sum((await read()).values())
+
     def pause(self) -> None:
         """Stop taking new messages; group membership is kept."""
         if self._consumer is not None and self.state is BindingState.RUNNING:

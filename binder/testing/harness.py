@@ -282,6 +282,26 @@ class _Client:
         """Every message sent to the binding's (or named) destination so far."""
         return self.harness.recorder.sent(self.destination(name))
 
+    async def _settle(self, timeout: float) -> None:
+        """Wait until no running binding has a record left to finish, twice in a row (a
+        function's outputs are written before its input is committed, so a second pass
+        sees what the first one's bindings sent on)."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < 2:
+            left = {}
+            for name, binding in self.app.bindings.items():
+                backlog = getattr(binding, "backlog", None)
+                if backlog is not None and binding.state == "running":
+                    pending = await backlog()
+                    if pending:
+                        left[name] = pending
+            quiet = 0 if left else quiet + 1
+            if left and time.monotonic() >= deadline:
+                busy = ", ".join(f"{name} ({n} left)" for name, n in sorted(left.items()))
+                raise TimeoutError(f"the app did not settle within {timeout} s: {busy}")
+            await asyncio.sleep(0.005)
+
 
 class TestClient(_Client):
     """The blocking face of the harness (``with app.test() as t``)."""
@@ -311,6 +331,14 @@ class TestClient(_Client):
         """The next message sent to that destination, or ``None`` after ``timeout`` seconds."""
         return self.harness.recorder.take(self.destination(name), timeout)
 
+    def settle(self, timeout: float = 5.0) -> None:
+        """Block until every running binding has finished what reached it (and what that
+        sent on). Call it before ``clock.advance`` when what the app schedules depends
+        on the time it handles a message: a delay counts from when the output is sent.
+        Raises ``TimeoutError`` naming the bindings still busy after ``timeout`` seconds.
+        A delayed message that is not yet due is not waited for."""
+        self.harness._call(self._settle(timeout))
+
 
 class AsyncTestClient(_Client):
     """The awaitable face of the harness (``async with app.test() as t``)."""
@@ -333,3 +361,7 @@ class AsyncTestClient(_Client):
 
     async def receive(self, name: str, timeout: float = 1.0) -> Message[Any] | None:
         return await self.harness.recorder.take_async(self.destination(name), timeout)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """As :meth:`TestClient.settle`."""
+        await self._settle(timeout)

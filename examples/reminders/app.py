@@ -43,6 +43,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self.sent: list[Nudge] = []
+        self.refused = 0
         self.down_for: set[str] = set()
 
 
@@ -60,5 +61,6 @@ def schedule(signup: SignUp) -> Message[Nudge]:
 def mail(nudge: Nudge) -> None:
     """Send the mail; a refusal raises, so the nudge is retried later."""
     if nudge.user in outbox.down_for:
+        outbox.refused += 1
         raise MailServerDown(f"mail to {nudge.to} refused")
     outbox.sent.append(nudge)

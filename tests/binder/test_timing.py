@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -240,3 +241,46 @@ def test_seconds_and_millis_of_durations() -> None:
 def teardown_module() -> None:
     for name in _BROKERS:
         Broker.forget(name)
+
+
+def test_settle_waits_for_a_chain_of_bindings_and_names_one_that_does_not_finish() -> None:
+    app = App(
+        config={
+            "binder": {
+                "bindings": {
+                    "slow-in-0": {"destination": "in", "group": "g"},
+                    "slow-out-0": {"destination": "mid"},
+                    "sink-in-0": {"destination": "mid", "group": "g"},
+                }
+            }
+        },
+        environ={},
+    )
+    seen: list[Any] = []
+    release = threading.Event()
+
+    @app.function
+    def slow(n: int) -> int:
+        time.sleep(0.2)
+        return n
+
+    @app.consumer
+    def sink(n: int) -> None:
+        if n < 0:
+            release.wait(10)
+        seen.append(n)
+
+    with app.test() as t:
+        t.send("in", 1)
+        t.settle()
+        assert seen == [1], "settled only once the sink had it"
+        t.send("mid", -1)
+        with pytest.raises(TimeoutError, match=r"sink-in-0 \(1 left\)"):
+            t.settle(timeout=0.3)
+        release.set()
+        t.settle()
+        assert seen == [1, -1]
+        app.binding("sink-in-0").pause()
+        t.send("mid", 2)
+        t.settle()  # a paused binding is not waited for
+        assert seen == [1, -1]

@@ -82,6 +82,7 @@ def test_an_output_with_x_delay_is_delayed_too() -> None:
 
     with app.test(clock=clock) as t:
         t.send("in", {"n": 1})
+        t.settle()  # the relay has sent it, due a minute from now
         assert t.receive("out", timeout=0.3) is None
         clock.advance(60)
         out = t.receive("out", timeout=5)
@@ -150,8 +151,10 @@ def test_delayed_retries_follow_the_manual_clock() -> None:
         assert t.receive("in", timeout=5) is not None  # what the harness saw sent
         _wait(lambda: len(calls) == 2)
         assert calls == [("poison", "1"), ("good", "1")], "the good one did not wait"
+        t.settle()  # the retry is scheduled
         clock.advance(60)
         _wait(lambda: len(calls) == 3)
+        t.settle()
         clock.advance(120)
         letter = t.receive("in.g.dlq", timeout=5)
     assert calls[2:] == [("poison", "2"), ("poison", "3")]

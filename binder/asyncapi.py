@@ -3,19 +3,24 @@
 :func:`document` describes the flows :func:`binder.topology.topology` finds, without
 starting the app or connecting to anything:
 
-- ``servers``: one per configured binder, with its address and never a password
-  (``kafka``/``kafka-secure``, ``redis``/``rediss``, ``amqp``/``amqps``; the embedded log is
-  ``streambinder-log``);
+- ``servers``: one per configured binder, with its address and never a password: from the
+  binder type's ``asyncapi_server`` (Kafka's ``kafka``/``kafka-secure``, the embedded log's
+  ``streambinder-log``), else from its ``url`` option (``redis``/``rediss``, ``amqp``/``amqps``);
 - ``channels``: one per destination (``address`` is its name), with ``x-binder``,
   ``x-groups`` (the groups that read it, and a producer's ``required-groups``),
-  ``x-partition-count`` (when a producer binding sets it) and, on Kafka and RabbitMQ, the
-  standard channel bindings; dead-letter and retry destinations are channels too;
+  ``x-partition-count`` (when a producer binding sets it) and the standard channel bindings
+  of the binder type's ``asyncapi_channel`` (Kafka's partitions, RabbitMQ's exchange);
+  dead-letter and retry destinations are channels too;
 - ``operations``: ``receive`` for each input (and delayed-retry input), ``send`` for each
   output, dead-letter output, retry output and binding only ``app.send`` uses, named by
-  binding (``validateenrich-in-0``, ``validateenrich-in-0.dlq``);
+  binding (``validateenrich-in-0``, ``validateenrich-in-0.dlq``), a receive with the
+  binder type's ``asyncapi_receive`` bindings (Kafka's ``groupId``);
 - ``components``: a message per payload type and the schemas of the pydantic models, from
   pydantic's JSON schemas (inputs in validation mode, outputs in serialization mode);
   ``Message[T]`` is ``T``, a plain type has its simple schema, no annotation gives ``{}``.
+
+The three hooks are optional methods of a :class:`binder.spi.BinderType`, so that the core
+names no backend; :func:`option` and :func:`url_server` are for their use.
 
 The result validates against the official AsyncAPI 3.0.0 JSON schema, vendored as
 ``binder/schemas/asyncapi-3.0.0.json`` (Apache-2.0, see its ``README.md``): :func:`schema`.
@@ -35,6 +40,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter
 
 import binder
+from binder import plugins
 from binder._settings_env import masked
 from binder.config import BinderEntry
 from binder.message import (
@@ -54,13 +60,11 @@ if TYPE_CHECKING:
     from binder.app import App
     from binder.functions import Pipeline
 
-__all__ = ["ASYNCAPI_VERSION", "document", "schema"]
+__all__ = ["ASYNCAPI_VERSION", "document", "option", "schema", "url_server"]
 
 ASYNCAPI_VERSION = "3.0.0"
 DEFAULT_CONTENT_TYPE = "application/json"
 _SCHEMA_REF = "#/components/schemas/{model}"
-_KAFKA_BINDING = "0.5.0"
-_AMQP_BINDING = "0.3.0"
 _UnionType = type(int | None)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 """Characters not allowed in a component name (AsyncAPI: ``^[\\w\\d\\.\\-_]+$``)."""
@@ -108,13 +112,11 @@ def document(
 
 def _server(entry: BinderEntry) -> dict[str, Any]:
     """A binder's address as an AsyncAPI server: hosts and paths only, passwords masked."""
-    options = entry.options
-    if entry.type == "log":
-        server = _log_server(options)
-    elif (servers := _option(options, "bootstrap_servers")) is not None:
-        server = _kafka_server(servers, _option(options, "security_protocol") or "")
-    elif (url := _option(options, "url")) is not None:
-        server = _url_server(url, entry.type)
+    describe = getattr(_binder_type(entry), "asyncapi_server", None)
+    if describe is not None:
+        server = describe(entry.options)
+    elif (url := option(entry.options, "url")) is not None:
+        server = url_server(url, entry.type)
     else:
         server = {"host": "unknown", "protocol": entry.type}
     server["x-binder-type"] = entry.type
@@ -122,46 +124,30 @@ def _server(entry: BinderEntry) -> dict[str, Any]:
     return result
 
 
-def _option(options: Any, name: str) -> str | None:
-    """Option ``name`` of a binder, whether its options are a model or a raw mapping."""
+def _binder_type(entry: BinderEntry | None) -> Any:
+    """The registered type of a configured binder (``None`` for a type not installed)."""
+    return None if entry is None else plugins.binder_types().get(entry.type)
+
+
+def option(options: Any, name: str) -> str | None:
+    """Option ``name`` of a binder as text, whether its options are a model or a raw
+    mapping (YAML spelling, ``bootstrap-servers``)."""
     value = (
-        options.get(name.replace("_", "-"))
+        options.get(name.replace("_", "-"), options.get(name))
         if isinstance(options, dict)
         else getattr(options, name, None)
     )
     return None if value is None else str(value)
 
 
-def _log_server(options: Any) -> dict[str, Any]:
-    path = _option(options, "path")
-    server: dict[str, Any] = {"host": "localhost", "protocol": "streambinder-log"}
-    if path is None:
-        server["description"] = "The embedded log, in memory (one process)."
-    else:
-        server["pathname"] = path
-        server["description"] = f"The embedded durable log in the directory {path}."
-    return server
-
-
-def _kafka_server(servers: str, security: str) -> dict[str, Any]:
-    hosts = [host.strip() for host in servers.split(",") if host.strip()] or ["unknown"]
-    secure = security.upper() in ("SSL", "SASL_SSL")
-    server: dict[str, Any] = {"host": hosts[0], "protocol": "kafka-secure" if secure else "kafka"}
-    if len(hosts) > 1:
-        server["x-bootstrap-servers"] = hosts
-    return server
-
-
-def _url_server(url: str, kind: str) -> dict[str, Any]:
-    """``scheme://[user[:password]@]host[:port][/path]`` → host, protocol and pathname."""
+def url_server(url: str, kind: str) -> dict[str, Any]:
+    """``scheme://[user[:password]@]host[:port][/path]`` → host, protocol and pathname (the
+    caller masks a password left in the host)."""
     parts = urlsplit(url)
-    protocol = parts.scheme or kind
     server: dict[str, Any] = {
         "host": parts.netloc.rpartition("@")[2] or "unknown",
-        "protocol": protocol,
+        "protocol": parts.scheme or kind,
     }
-    if protocol in ("amqp", "amqps"):
-        server["protocolVersion"] = "0.9.1"
     if parts.path:
         server["pathname"] = parts.path
     return server
@@ -470,15 +456,12 @@ def _channel_extensions(flows: list[Flow], binder_name: str, count: int | None) 
 def _channel_bindings(
     entry: BinderEntry | None, destination: str, count: int | None
 ) -> dict[str, Any]:
-    """Kafka's partitions (when a producer sets them), RabbitMQ's topic exchange."""
-    kind = entry.type if entry is not None else ""
-    if kind == "kafka" and count is not None:
-        return {"kafka": {"partitions": count, "bindingVersion": _KAFKA_BINDING}}
-    name = f"{_option(entry.options, 'prefix') or ''}{destination}" if entry is not None else ""
-    if kind == "rabbit" and len(name) <= 255:  # the binding's limit on an exchange name
-        exchange = {"name": name, "type": "topic", "durable": True, "autoDelete": False}
-        return {"amqp": {"is": "routingKey", "exchange": exchange, "bindingVersion": _AMQP_BINDING}}
-    return {}
+    """The binder type's standard bindings of a channel (``asyncapi_channel``), if any."""
+    describe = getattr(_binder_type(entry), "asyncapi_channel", None)
+    if entry is None or describe is None:
+        return {}
+    bindings: dict[str, Any] = describe(entry.options, destination, count)
+    return bindings
 
 
 def _operation_id(flow: Flow) -> str:
@@ -497,13 +480,12 @@ def _operation(flow: Flow, channels: _Channels, messages: _Messages) -> dict[str
     summary = _summary(flow)
     if summary:
         operation["summary"] = summary
-    if (
-        flow.action == "receive"
-        and flow.group
-        and channels.graph.binder_types.get(flow.binder) == "kafka"
-    ):
-        group_id = {"type": "string", "enum": [flow.group]}
-        operation["bindings"] = {"kafka": {"groupId": group_id, "bindingVersion": _KAFKA_BINDING}}
+    entry = channels.binders.get(flow.binder)
+    describe = getattr(_binder_type(entry), "asyncapi_receive", None)
+    if flow.action == "receive" and flow.group and entry is not None and describe is not None:
+        bindings = describe(entry.options, flow.group)
+        if bindings:
+            operation["bindings"] = bindings
     operation["x-binding"] = flow.binding
     operation["x-function"] = flow.label
     if flow.group:

@@ -429,7 +429,13 @@ class BinderType(Protocol):
         A type may also have ``binding_options``: the model of the keys its bindings may set
         beside the core's under ``consumer:`` and ``producer:`` (RabbitMQ's ``queue-type``);
         they reach it as :attr:`ConsumerSpec.options` and :meth:`Binder.provision`'s
-        ``options``. Without it such keys are unknown keys."""
+        ``options``. Without it such keys are unknown keys.
+
+        And it may describe itself to ``binder docs asyncapi`` (each optional, given the
+        binder's options): ``asyncapi_server(options)`` the AsyncAPI server object (else
+        one from a ``url`` option), ``asyncapi_channel(options, destination, partitions)``
+        a channel's ``bindings`` and ``asyncapi_receive(options, group)`` a receive
+        operation's (both ``{}`` for none)."""
 
     def create(self, name: str, options: BaseModel) -> Binder:
         """A new, not yet started binder configured with validated ``options``."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from binder.asyncapi import option
 from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
 from binder.movers import Movers
@@ -373,6 +374,35 @@ class _KafkaBinderType:
             ) from None
         return KafkaBinder(name, options, self.capabilities)
 
+    def asyncapi_server(self, options: Any) -> dict[str, Any]:
+        """AsyncAPI server of a binder: its first bootstrap server, ``kafka-secure`` over TLS."""
+        servers = option(options, "bootstrap_servers") or ""
+        hosts = [host.strip() for host in servers.split(",") if host.strip()] or ["unknown"]
+        secure = (option(options, "security_protocol") or "").upper() in ("SSL", "SASL_SSL")
+        server: dict[str, Any] = {
+            "host": hosts[0],
+            "protocol": "kafka-secure" if secure else "kafka",
+        }
+        if len(hosts) > 1:
+            server["x-bootstrap-servers"] = hosts
+        return server
+
+    def asyncapi_channel(
+        self, options: Any, destination: str, partitions: int | None
+    ) -> dict[str, Any]:
+        """The Kafka channel binding: the topic's partitions, when a producer sets them."""
+        if partitions is None:
+            return {}
+        return {"kafka": {"partitions": partitions, "bindingVersion": ASYNCAPI_BINDING}}
+
+    def asyncapi_receive(self, options: Any, group: str) -> dict[str, Any]:
+        """The Kafka operation binding of a receive: its consumer group."""
+        group_id = {"type": "string", "enum": [group]}
+        return {"kafka": {"groupId": group_id, "bindingVersion": ASYNCAPI_BINDING}}
+
+
+ASYNCAPI_BINDING = "0.5.0"
+"""The version of AsyncAPI's Kafka bindings the document's bindings follow."""
 
 KAFKA_BINDER_TYPE = _KafkaBinderType()
 """Apache Kafka (and Kafka-compatible brokers) through aiokafka."""

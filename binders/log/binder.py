@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from binder.asyncapi import option
 from binder.clock import SYSTEM, Clock
 from binder.errors import BackendError, ClosedError, ConfigError
 from binder.movers import Movers
@@ -321,6 +322,17 @@ class _LogBinderType:
     def create(self, name: str, options: BaseModel) -> LogBinder:
         assert isinstance(options, LogOptions)
         return LogBinder(name, options)
+
+    def asyncapi_server(self, options: Any) -> dict[str, Any]:
+        """AsyncAPI server of a binder: the embedded log, in memory or in its directory."""
+        path = option(options, "path")
+        server: dict[str, Any] = {"host": "localhost", "protocol": "streambinder-log"}
+        if path is None:
+            server["description"] = "The embedded log, in memory (one process)."
+        else:
+            server["pathname"] = path
+            server["description"] = f"The embedded durable log in the directory {path}."
+        return server
 
 
 LOG_BINDER_TYPE = _LogBinderType()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from binder.asyncapi import option, url_server
 from binder.clock import SYSTEM, Clock
 from binder.errors import ClosedError, ConfigError
 from binder.spi import (
@@ -545,6 +546,22 @@ class _RabbitBinderType:
                 value="rabbit",
             ) from None
         return RabbitBinder(name, options, self.capabilities)
+
+    def asyncapi_server(self, options: Any) -> dict[str, Any]:
+        """AsyncAPI server of a binder: the host of its ``url``, AMQP 0.9.1."""
+        server = url_server(option(options, "url") or "amqp://unknown", "amqp")
+        server["protocolVersion"] = "0.9.1"
+        return server
+
+    def asyncapi_channel(
+        self, options: Any, destination: str, partitions: int | None
+    ) -> dict[str, Any]:
+        """The AMQP channel binding: the destination's durable topic exchange."""
+        name = f"{option(options, 'prefix') or ''}{destination}"
+        if len(name) > 255:  # the binding's limit on an exchange name
+            return {}
+        exchange = {"name": name, "type": "topic", "durable": True, "autoDelete": False}
+        return {"amqp": {"is": "routingKey", "exchange": exchange, "bindingVersion": "0.3.0"}}
 
 
 RABBIT_BINDER_TYPE = _RabbitBinderType()

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +19,15 @@ import pytest
 import yaml
 
 from binder import App
-
-ROOT = Path(__file__).parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def binder(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "binder", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=config.parent,
-        env=ENV,
-    )
+from binder.testing.processes import python_env, run_cli
 
 
 @pytest.fixture(params=["log", "redis", "rabbit"])
 def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, dict[str, Any], Path, str]]:
-    kind = request.param
-    name = f"dlq-{uuid.uuid4().hex[:10]}"
-    if kind == "log":
-        options: dict[str, Any] = {"type": "log", "path": str(tmp_path / "log")}
-    elif kind == "redis":
-        options = {"type": "redis", "url": request.getfixturevalue("redis_url")}
-        options["key-prefix"] = request.getfixturevalue("key_prefix")
-    else:
-        options = {"type": "rabbit", "url": request.getfixturevalue("rabbit_url")}
-        name = f"{request.getfixturevalue('rabbit_prefix')}{name}"
-    config = tmp_path / "app.yml"
-    config.write_text(yaml.safe_dump({"binder": {"binders": {"under-test": options}}}))
-    yield kind, options, config, name
+    request: pytest.FixtureRequest, cli_backend: Callable[[str], tuple[dict[str, Any], Path, str]]
+) -> tuple[str, dict[str, Any], Path, str]:
+    options, config, prefix = cli_backend(request.param)
+    return request.param, options, config, f"{prefix}dlq-{uuid.uuid4().hex[:10]}"
 
 
 def _dead_letter(options: dict[str, Any], destination: str, count: int) -> None:
@@ -87,31 +62,31 @@ def _payloads(done: subprocess.CompletedProcess[str]) -> list[Any]:
 def test_list_show_and_a_filtered_replay(backend: tuple[str, dict[str, Any], Path, str]) -> None:
     _, options, config, destination = backend
     _dead_letter(options, destination, 6)
-    listed = binder("dlq", "list", destination, "--group", "g", "--format", "json", config=config)
+    listed = run_cli("dlq", "list", destination, "--group", "g", "--format", "json", config=config)
     assert listed.returncode == 0, listed.stderr
     counts = json.loads(listed.stdout)
     assert counts["total"] == 6
     by_type = {row["exception-type"]: row["count"] for row in counts["by-exception-type"]}
     assert by_type == {"builtins.ValueError": 3, "builtins.KeyError": 3}
-    shown = binder("dlq", "show", destination, "--group", "g", "--limit", "2", config=config)
+    shown = run_cli("dlq", "show", destination, "--group", "g", "--limit", "2", config=config)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("Traceback (most recent call last)") == 2
-    plan = binder(
+    plan = run_cli(
         "dlq", "replay", destination, "--group", "g", "--dry-run", "--format", "json",
         "--filter", "headers['x-exception-type'] == 'builtins.ValueError'", config=config,
     )  # fmt: skip
     assert plan.returncode == 0, plan.stderr
     actions = [step["action"] for step in json.loads(plan.stdout)["letters"]]
     assert sorted(actions) == ["keep"] * 3 + ["replay"] * 3
-    again = binder("dlq", "list", destination, "--group", "g", "--format", "json", config=config)
+    again = run_cli("dlq", "list", destination, "--group", "g", "--format", "json", config=config)
     assert json.loads(again.stdout)["total"] == 6, "a dry run takes nothing"
-    replayed = binder(
+    replayed = run_cli(
         "dlq", "replay", destination, "--group", "g", "--format", "json",
         "--filter", "headers['x-exception-type'] == 'builtins.ValueError'", config=config,
     )  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     assert json.loads(replayed.stdout.splitlines()[-1]) == {"replayed": 3, "parked": 0, "kept": 3}
-    back = binder("tail", destination, "--group", "g", "--format", "json", config=config)
+    back = run_cli("tail", destination, "--group", "g", "--format", "json", config=config)
     rows = [json.loads(line) for line in back.stdout.splitlines()]
     assert sorted(row["payload"]["n"] for row in rows) == [0, 2, 4]
     assert all(row["headers"]["x-replay-count"] == "1" for row in rows)
@@ -124,14 +99,14 @@ def test_a_letter_replayed_too_often_is_parked(
 ) -> None:
     _, options, config, destination = backend
     _dead_letter(options, destination, 2)
-    done = binder(
+    done = run_cli(
         "dlq", "replay", destination, "--group", "g", "--max-replays", "0", "--format", "json",
         config=config,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == {"replayed": 0, "parked": 2, "kept": 0}
-    parked = binder("dlq", "list", f"{destination}.g.dlq", "--group", "x", "--dlq",
-                    f"{destination}.g.dlq.parked", "--format", "json", config=config)  # fmt: skip
+    parked = run_cli("dlq", "list", f"{destination}.g.dlq", "--group", "x", "--dlq",
+                     f"{destination}.g.dlq.parked", "--format", "json", config=config)  # fmt: skip
     assert json.loads(parked.stdout)["total"] == 2
 
 
@@ -143,14 +118,16 @@ def test_a_replay_killed_half_way_and_run_again_sends_each_letter_once(tmp_path:
     _dead_letter(options, destination, 40)
     replay = [sys.executable, "-m", "binder", "dlq", "replay", destination, "--group", "g",
               "--rate", "40", "--config", str(config)]  # fmt: skip
-    first = subprocess.Popen(replay, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    first = subprocess.Popen(
+        replay, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=tmp_path
+    )
     assert first.stderr is not None
     for _ in range(15):  # each line is printed once its letter was committed
         assert first.stderr.readline().startswith("replay ")
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    second = subprocess.run(replay, capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    second = subprocess.run(replay, capture_output=True, text=True, env=python_env(), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    fresh = binder("tail", destination, "--from-beginning", "--format", "json", config=config)
+    fresh = run_cli("tail", destination, "--from-beginning", "--format", "json", config=config)
     replays = [p for p in _payloads(fresh)][40:]  # after the 40 originals
     assert sorted(p["n"] for p in replays) == list(range(40)), "each letter exactly once"

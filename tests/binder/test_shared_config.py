@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from binder import App, ConfigError, Message
 from binder.cli import main
 from binder.functions import FunctionDef, FunctionRegistry, check_bindings, parse_definition
+from binder.testing.processes import LineProcess, python_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCS = Path(__file__).with_name("shared_procs.py")
@@ -303,29 +303,9 @@ def test_check_with_app_reports_a_typo_with_exit_2_and_without_app_does_not(
 # -- two real processes, one file -------------------------------------------------------------
 
 
-class _Lines:
-    """A child's stdout lines, read by a thread as they come."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.queue.put(line.strip())
-        self.queue.put(None)
-
-    def ids(self, count: int) -> set[int]:
-        """Wait for ``count`` distinct ids (at least once delivery may repeat one)."""
-        seen: set[int] = set()
-        while len(seen) < count:
-            line = self.queue.get(timeout=TIMEOUT)
-            assert line is not None, f"the consumer ended after {sorted(seen)}"
-            if line.isdigit():
-                seen.add(int(line))
-        return seen
+def _ids(consumer: LineProcess) -> set[int]:
+    """The distinct ids the consumer printed (at least once delivery may repeat one)."""
+    return {int(line) for line in consumer.lines if line.isdigit()}
 
 
 @pytest.mark.parametrize(
@@ -347,18 +327,16 @@ def test_a_producer_and_a_consumer_process_share_one_file(
             sink-in-0: {{destination: {destination}, group: g}}
         """,
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     env.pop("BINDER_FUNCTION_DEFINITION", None)
     consumer_log = (tmp_path / "consumer.log").open("w+", encoding="utf-8")
-    consumer = subprocess.Popen(
+    consumer = LineProcess(
         [sys.executable, str(PROCS), "consume", str(config)],
         env={**env, "BINDER_FUNCTION_DEFINITION": "sink"},
-        stdout=subprocess.PIPE,
         stderr=consumer_log,
-        text=True,
+        timeout=TIMEOUT,
     )
     try:
-        lines = _Lines(consumer)
         producer_env = (
             env if definition is None else {**env, "BINDER_FUNCTION_DEFINITION": definition}
         )
@@ -372,10 +350,10 @@ def test_a_producer_and_a_consumer_process_share_one_file(
         assert producer.returncode == 0, producer.stderr
         assert producer.stdout.splitlines() == ["sent 50"]
         assert f"{UNUSED}: sink-in-0" in producer.stderr
-        assert lines.ids(50) == set(range(50))
+        consumer.wait_until(lambda: len(_ids(consumer)) >= 50, "50 distinct ids")
+        assert _ids(consumer) == set(range(50))
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        code = consumer.wait(TIMEOUT)
+        code = consumer.stop(signal.SIGTERM)
         consumer_log.seek(0)
         consumer_stderr = consumer_log.read()
         consumer_log.close()

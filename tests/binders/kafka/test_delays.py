@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -28,6 +27,8 @@ import pytest
 from binder import App, ManualClock
 from binder.message import DELAY, DELIVER_AT, Message
 from binder.testing.conformance.support import Conformance, Inbox, run
+from binder.testing.processes import child_env
+from binder.testing.servers import die_with_parent_by
 from binders.kafka.scheduler import PARTITIONS, TOP_BITS, delay_topic, place
 
 PlainRead = Callable[[str, int, int], Awaitable[list[Any]]]
@@ -234,13 +235,6 @@ def _sender_main(settings_json: str) -> None:
     asyncio.run(main())
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, so no child outlives a killed run."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @pytest.fixture
 def sender(
     tmp_path: Path,
@@ -250,8 +244,6 @@ def sender(
 
     def start(settings: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path]:
         out = tmp_path / "sender.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BINDER_", "KAFKA_"))}
-        env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         with out.open("wb") as log:
             started.append(
                 subprocess.Popen(
@@ -260,8 +252,8 @@ def sender(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
-                    env=env,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    env=child_env("BINDER_", "KAFKA_"),
+                    preexec_fn=die_with_parent_by(signal.SIGKILL),  # no child outlives a killed run
                 )
             )
         return started[-1], out

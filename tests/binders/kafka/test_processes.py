@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -31,6 +29,8 @@ from binder import App
 from binder.bindings import BindingState
 from binder.errors import BackendError
 from binder.testing.conformance.support import Conformance, run
+from binder.testing.processes import child_env
+from binder.testing.servers import die_with_parent_by
 from binders.kafka.testing import FAST_GROUPS, Tansu
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,18 +77,6 @@ def _child_main(settings_json: str, out: str) -> None:
     handled.close()
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, so no child outlives a killed run."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _child_env() -> dict[str, str]:
-    """The test's environment minus what would reconfigure the child's App or binder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINDER_", "KAFKA_"))}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return env
-
-
 class Child:
     """One consumer process; :attr:`handled` is the ids it wrote, in handling order."""
 
@@ -104,8 +92,8 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env=_child_env(),
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                env=child_env("BINDER_", "KAFKA_"),
+                preexec_fn=die_with_parent_by(signal.SIGKILL),  # no child outlives a killed run
             )
 
     @property

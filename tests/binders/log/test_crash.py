@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ import orjson
 import pytest
 
 from binder.cli import main
+from binder.testing.processes import LineProcess
 from binders.log.engine import Broker
 from binders.log.engine.durable import DurableStorage, StorageSettings
 
@@ -26,40 +25,11 @@ PROCS = Path(__file__).with_name("procs.py")
 TIMEOUT = 30.0
 
 
-class Proc:
-    """A child process whose stdout lines are collected as they come."""
+class Proc(LineProcess):
+    """A ``procs.py`` process; :attr:`ids` is the ids it printed."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROCS), *args], stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.strip())
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_lines(self, count: int) -> None:
-        self.wait_until(lambda: len(self.lines) >= count, f"{count} lines")
-
-    def wait_until(self, done: Callable[[], bool], what: str) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: done() or self.process.poll() is not None, TIMEOUT)
-            assert done(), f"waited for {what}; got {len(self.lines)} lines"
-
-    def stop(self, sig: int) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        return code
+        super().__init__([sys.executable, str(PROCS), *args], timeout=TIMEOUT)
 
     @property
     def ids(self) -> list[int]:

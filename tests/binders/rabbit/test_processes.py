@@ -26,6 +26,7 @@ import pytest
 
 from binder.message import EXCEPTION_TYPE
 from binder.testing.conformance.support import Conformance, run
+from binder.testing.processes import child_env
 from binder.testing.servers import die_with_parent
 from binders.rabbit.testing import queues_info
 
@@ -41,13 +42,6 @@ LINGER = 30.0
 
 
 # -- member processes and what they report --------------------------------------------------
-
-
-def _child_env() -> dict[str, str]:
-    """The test's environment minus what would reconfigure the member's App or binder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINDER_", "RABBITMQ_"))}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return env
 
 
 class Reports:
@@ -154,7 +148,7 @@ class Member:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env=_child_env(),
+                env=child_env("BINDER_", "RABBITMQ_"),
                 pass_fds=(reports.write_fd,),
                 preexec_fn=die_with_parent,
             )

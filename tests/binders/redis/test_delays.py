@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from redis import Redis
 from binder import App, ManualClock, Message
 from binder.message import DELAY, DELIVER_AT
 from binder.testing.conformance.support import Conformance, Inbox, run
-from binder.testing.servers import die_with_parent
+from binder.testing.processes import LineProcess
 from binders.redis.scheduler import delayed_key
 
 HERE = Path(__file__).resolve().parent
@@ -134,42 +132,11 @@ def test_two_apps_on_one_destination_deliver_each_delayed_message_once(
 # -- (3) a mover killed with SIGKILL ----------------------------------------------------------
 
 
-class Proc:
-    """A ``_delay_procs.py`` process whose stdout lines are collected as they come."""
+class Proc(LineProcess):
+    """A ``_delay_procs.py`` process; :attr:`handled` is what its consumer printed."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROCS), *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            preexec_fn=die_with_parent,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.strip())
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_until(self, done: Callable[[], bool], what: str) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: done() or self.process.poll() is not None, WAIT)
-            assert done(), f"waited for {what}; got {self.lines[-5:]}"
-
-    def stop(self, sig: int) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(WAIT)
-        self._reader.join(WAIT)
-        return code
+        super().__init__([sys.executable, str(PROCS), *args], cwd=ROOT, timeout=WAIT)
 
     @property
     def handled(self) -> list[str]:

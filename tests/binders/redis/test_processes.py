@@ -10,9 +10,7 @@ test ``BLPOP``s that list, so it waits on what arrives rather than on a clock.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import pytest
 from redis import Redis
 
 from binder.testing.conformance.support import Conformance, run
+from binder.testing.processes import child_env
+from binder.testing.servers import die_with_parent_by
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -38,18 +38,6 @@ LINGER = 60.0
 
 
 # -- member processes and what they report --------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, so no member outlives a killed run."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _child_env() -> dict[str, str]:
-    """The test's environment minus what would reconfigure the member's App or binder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINDER_", "REDIS_"))}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return env
 
 
 class Member:
@@ -66,8 +54,8 @@ class Member:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env=_child_env(),
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                env=child_env("BINDER_", "REDIS_"),
+                preexec_fn=die_with_parent_by(signal.SIGKILL),  # no member outlives a killed run
             )
 
     @property

@@ -9,8 +9,9 @@ a producer awaits the future :meth:`DiskPartitionLog.synced` hands it.
 Reads are served, cheapest first, from
 
 1. the tail cache: the entries of recent appends (up to ``TAIL_CACHE_BYTES``
-   of encoded batches), turned into records once, on the first read that
-   needs them — consumers that follow the tail never touch the disk;
+   of encoded batches), kept as columns and made into records for each read —
+   consumers that follow the tail never touch the disk (see :class:`TailCache`
+   for why not as records);
 2. the read-ahead: the whole batches decoded by the previous disk read,
    so a reader catching up decodes each batch once;
 3. the disk: the segment holding the offset (bisect on base offsets), then
@@ -70,6 +71,64 @@ class TopicPolicy:
     retention_hard_bytes: int | None = None
 
 
+class TailCache:
+    """The records ``[base, base + len)`` of this process's recent appends, as columns.
+
+    Keys and values (bytes), headers (dicts of str) and timestamps are objects the garbage
+    collector does not track; a record object per entry would be one it does, and every
+    full collection walks every tracked object: 10^5 cached records made each one take
+    0.1 s, a pause every reader of the process waited out. So records are made per read
+    (``map`` in C: the same work the first read did when they were kept)."""
+
+    __slots__ = ("base", "headers", "keys", "stamps", "values")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.stamps: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def extend(self, entries: Sequence[Entry]) -> None:
+        if entries:
+            keys, values, headers, stamps = zip(*entries, strict=True)
+            self.keys += keys
+            self.values += values
+            self.headers += headers
+            self.stamps += stamps
+
+    def records(
+        self, topic: str, partition: int, offset: int, max_records: int
+    ) -> list[StoredRecord]:
+        """Up to ``max_records`` records from ``offset`` (at least :attr:`base`)."""
+        start = offset - self.base
+        stop = start + max_records
+        values = self.values[start:stop]
+        count = len(values)
+        return list(
+            map(
+                StoredRecord,
+                repeat(topic, count),
+                repeat(partition, count),
+                range(offset, offset + count),
+                values,
+                self.keys[start:stop],
+                self.headers[start:stop],
+                self.stamps[start:stop],
+            )
+        )
+
+    def drop_below(self, offset: int) -> None:
+        """Forget the records before ``offset``."""
+        drop = offset - self.base
+        if drop > 0:
+            del self.keys[:drop], self.values[:drop], self.headers[:drop], self.stamps[:drop]
+            self.base = offset
+
+
 class DiskPartitionLog:
     """A :class:`~binders.log.engine.storage.PartitionLog` on disk (see the module docstring)."""
 
@@ -101,10 +160,7 @@ class DiskPartitionLog:
         self._damage: list[Damage] = found.damage
         self._end = self._segments[-1].end
         self._closed = False
-        # the tail cache: records [_cache_base, +len(_cache)), then entries up to _end
-        self._cache: list[StoredRecord] = []
-        self._pending: list[Entry] = []
-        self._cache_base = self._end
+        self._cache = TailCache(self._end)
         self._cache_sizes: deque[tuple[int, int]] = deque()
         self._cache_bytes = 0
         # the read-ahead, and where a sequential disk reader continues
@@ -141,7 +197,7 @@ class DiskPartitionLog:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         self._end = end = base + len(entries)
-        self._pending.extend(entries)
+        self._cache.extend(entries)
         self._cache_sizes.append((base, size))
         self._cache_bytes += size
         if self._cache_bytes > TAIL_CACHE_BYTES:
@@ -151,16 +207,13 @@ class DiskPartitionLog:
         return base
 
     def read(self, offset: int, max_records: int) -> list[StoredRecord]:
-        if offset >= self._cache_base:
-            if self._pending:
-                self._materialise()
-            index = offset - self._cache_base
-            return self._cache[index : index + max_records]
+        if offset >= self._cache.base:
+            return self._cache.records(self.topic, self.partition, offset, max_records)
         offset = max(offset, self.start_offset)
         index = offset - self._ahead_base
         if 0 <= index < len(self._ahead):
             return self._ahead[index : index + max_records]
-        if offset >= self._cache_base:
+        if offset >= self._cache.base:
             return self.read(offset, max_records)
         return self._read_disk(offset, max_records)
 
@@ -274,41 +327,16 @@ class DiskPartitionLog:
 
     # -- the tail cache ------------------------------------------------------------------------
 
-    def _materialise(self) -> None:
-        """Turn the entries of recent appends into records, once (``map`` runs in C)."""
-        pending, self._pending = self._pending, []
-        keys, values, headers, stamps = zip(*pending, strict=True)
-        start, count = self._cache_base + len(self._cache), len(pending)
-        self._cache.extend(
-            map(
-                StoredRecord,
-                repeat(self.topic, count),
-                repeat(self.partition, count),
-                range(start, start + count),
-                values,
-                keys,
-                headers,
-                stamps,
-            )
-        )
-
     def _trim_cache(self) -> None:
         """Forget the oldest cached batches, down to three quarters of the budget."""
         sizes, budget = self._cache_sizes, TAIL_CACHE_BYTES * 3 // 4
         while self._cache_bytes > budget and len(sizes) > 1:
             self._cache_bytes -= sizes.popleft()[1]
-        drop = sizes[0][0] - self._cache_base
-        if drop <= len(self._cache):
-            del self._cache[:drop]
-        else:
-            del self._pending[: drop - len(self._cache)]
-            self._cache = []
-        self._cache_base = sizes[0][0]
+        self._cache.drop_below(sizes[0][0])
 
     def _drop_caches(self) -> None:
-        self._cache, self._pending, self._ahead = [], [], []
+        self._cache, self._ahead = TailCache(self._end), []
         self._cache_sizes.clear()
-        self._cache_base = self._end
         self._hint = None
 
     # -- reading from disk ---------------------------------------------------------------------
@@ -403,13 +431,10 @@ class DiskPartitionLog:
         self._damage = [d for d in self._damage if d.end > start]
         if self._ahead_base < start:
             self._ahead = []
-        if self._cache_base < start:
+        if self._cache.base < start:
             while self._cache_sizes and self._cache_sizes[0][0] < start:
                 self._cache_bytes -= self._cache_sizes.popleft()[1]
-            if self._pending:
-                self._materialise()
-            del self._cache[: start - self._cache_base]
-            self._cache_base = start
+            self._cache.drop_below(start)
 
     def _forget_segment(
         self, segment: Segment, reason: str, floor: tuple[int, list[str]] | None

@@ -129,6 +129,7 @@ class Member:
         self._group = topic._group_locked(group) if dynamic else None
         self._joined_with = topic.partition_count
         self._held: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
         self._damaged: dict[int, CorruptLogError] = {}
         self._reported: set[tuple[int, int | None]] = set()
         self._order: list[int] = []
@@ -222,15 +223,18 @@ class Member:
 
         Only moves forward, and only while this member holds the partition: a
         late commit never rewinds another member. A no-op for anonymous
-        members and after :meth:`close`.
+        members and after :meth:`close`. Forward of what this member committed
+        (read from the store when it took the partition): only the holder commits
+        a partition, so the store is not read again for each commit (it costs
+        file-system calls on a durable log, per message).
         """
         with self._lock:
             if self.group is None or partition not in self._held:
                 return
-            offsets = self._broker._offsets
-            current = offsets.committed(self.group, self.topic, partition)
+            current = self._committed.get(partition)
             if current is None or next_offset > current:
-                offsets.commit(self.group, self.topic, partition, next_offset)
+                self._broker._offsets.commit(self.group, self.topic, partition, next_offset)
+                self._committed[partition] = next_offset
 
     def pause(self) -> None:
         """Stop returning records from :meth:`poll`; rebalances are still handled."""
@@ -316,7 +320,7 @@ class Member:
                 if shared is not None and not shared.own(partition):
                     continue  # another process holds it; the watch retries
                 holders[partition] = self
-            self._held[partition] = self._start_locked(partition)
+            self._held[partition] = self._committed[partition] = self._start_locked(partition)
             self._unannounced.add(partition)
         self._order = sorted(self._held)
 
@@ -340,6 +344,7 @@ class Member:
             return
         for partition in partitions:
             del self._held[partition]
+            self._committed.pop(partition, None)
             self._damaged.pop(partition, None)
             self._unannounced.discard(partition)
             if self._group is not None and self._group.holders.get(partition) is self:

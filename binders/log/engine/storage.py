@@ -40,8 +40,9 @@ Entry = tuple[bytes | None, bytes, dict[str, str], float]
 
 
 StoredRecord = InboundRecord
-"""A record as the log keeps it: the SPI's record, made once on append and handed to
-every reader as is (readers never mutate it), so reading costs no copy."""
+"""A record as the log hands it to readers: the SPI's record (readers never mutate it). The
+in-memory log makes it once on append and hands every reader the same one; the durable log
+makes it per read (see :class:`binders.log.engine.disk.TailCache`)."""
 
 
 @runtime_checkable

@@ -10,8 +10,8 @@ Reads are served, cheapest first, from
 
 1. the tail cache: the entries of recent appends (up to ``TAIL_CACHE_BYTES``
    of encoded batches), kept as columns and made into records for each read —
-   consumers that follow the tail never touch the disk (see :class:`TailCache`
-   for why not as records);
+   consumers that follow the tail never touch the disk (see
+   :class:`~binders.log.engine.storage.RecordColumns` for why not as records);
 2. the read-ahead: the whole batches decoded by the previous disk read,
    so a reader catching up decodes each batch once;
 3. the disk: the segment holding the offset (bisect on base offsets), then
@@ -39,14 +39,13 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 from binder.errors import ClosedError
 from binders.log.engine.records import encode
 from binders.log.engine.recovery import recover
 from binders.log.engine.segment import CorruptLogError, Damage, Segment, log_name
-from binders.log.engine.storage import Entry, StoredRecord
+from binders.log.engine.storage import Entry, RecordColumns, StoredRecord
 from binders.log.engine.sync import Syncer, fsync_path
 
 __all__ = ["TAIL_CACHE_BYTES", "DiskPartitionLog", "TopicPolicy"]
@@ -69,64 +68,6 @@ class TopicPolicy:
     retention_ms: int | None = None
     retention_bytes: int | None = None
     retention_hard_bytes: int | None = None
-
-
-class TailCache:
-    """The records ``[base, base + len)`` of this process's recent appends, as columns.
-
-    Keys and values (bytes), headers (dicts of str) and timestamps are objects the garbage
-    collector does not track; a record object per entry would be one it does, and every
-    full collection walks every tracked object: 10^5 cached records made each one take
-    0.1 s, a pause every reader of the process waited out. So records are made per read
-    (``map`` in C: the same work the first read did when they were kept)."""
-
-    __slots__ = ("base", "headers", "keys", "stamps", "values")
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.keys: list[bytes | None] = []
-        self.values: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
-        self.stamps: list[float] = []
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def extend(self, entries: Sequence[Entry]) -> None:
-        if entries:
-            keys, values, headers, stamps = zip(*entries, strict=True)
-            self.keys += keys
-            self.values += values
-            self.headers += headers
-            self.stamps += stamps
-
-    def records(
-        self, topic: str, partition: int, offset: int, max_records: int
-    ) -> list[StoredRecord]:
-        """Up to ``max_records`` records from ``offset`` (at least :attr:`base`)."""
-        start = offset - self.base
-        stop = start + max_records
-        values = self.values[start:stop]
-        count = len(values)
-        return list(
-            map(
-                StoredRecord,
-                repeat(topic, count),
-                repeat(partition, count),
-                range(offset, offset + count),
-                values,
-                self.keys[start:stop],
-                self.headers[start:stop],
-                self.stamps[start:stop],
-            )
-        )
-
-    def drop_below(self, offset: int) -> None:
-        """Forget the records before ``offset``."""
-        drop = offset - self.base
-        if drop > 0:
-            del self.keys[:drop], self.values[:drop], self.headers[:drop], self.stamps[:drop]
-            self.base = offset
 
 
 class DiskPartitionLog:
@@ -160,7 +101,7 @@ class DiskPartitionLog:
         self._damage: list[Damage] = found.damage
         self._end = self._segments[-1].end
         self._closed = False
-        self._cache = TailCache(self._end)
+        self._cache = RecordColumns(self._end)
         self._cache_sizes: deque[tuple[int, int]] = deque()
         self._cache_bytes = 0
         # the read-ahead, and where a sequential disk reader continues
@@ -335,7 +276,7 @@ class DiskPartitionLog:
         self._cache.drop_below(sizes[0][0])
 
     def _drop_caches(self) -> None:
-        self._cache, self._ahead = TailCache(self._end), []
+        self._cache, self._ahead = RecordColumns(self._end), []
         self._cache_sizes.clear()
         self._hint = None
 

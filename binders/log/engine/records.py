@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from binder.spi import InboundRecord
-from binders.log.engine.storage import Entry
+from binders.log.engine.storage import Entry, make_records
 
 __all__ = [
     "FRAME",
@@ -233,18 +233,7 @@ def decode(buf: bytes, at: int, topic: str, partition: int) -> list[InboundRecor
     headers = (
         [{} for _ in range(count)] if header_lengths is None else _headers(buf, pos, header_lengths)
     )
-    return list(
-        map(
-            InboundRecord,
-            repeat(topic, count),
-            repeat(partition, count),
-            range(base, base + count),
-            values,
-            keys,
-            headers,
-            stamps,
-        )
-    )
+    return make_records(topic, partition, base, values, keys, headers, stamps)
 
 
 def _slices(buf: bytes, pos: int, lengths: array[int]) -> tuple[list[bytes], int]:

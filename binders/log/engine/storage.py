@@ -16,7 +16,7 @@ it all on close; the durable ones are in :mod:`binders.log.engine.durable`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Protocol, runtime_checkable
@@ -32,8 +32,10 @@ __all__ = [
     "MemoryStorage",
     "OffsetStore",
     "PartitionLog",
+    "RecordColumns",
     "Storage",
     "StoredRecord",
+    "make_records",
     "memory_logs",
 ]
 
@@ -93,6 +95,32 @@ LogFactory = Callable[[str, int], PartitionLog]
 """Opens (creating if needed) the log of ``(topic, partition)``."""
 
 
+def make_records(
+    topic: str,
+    partition: int,
+    base: int,
+    values: Sequence[bytes],
+    keys: Iterable[bytes | None],
+    headers: Iterable[dict[str, str]],
+    stamps: Iterable[float],
+) -> list[StoredRecord]:
+    """Records ``base, base + 1, ...`` of a partition, one per value, from columns (``map``
+    in C: what decoding a batch and reading the tail cache both end with)."""
+    count = len(values)
+    return list(
+        map(
+            StoredRecord,
+            repeat(topic, count),
+            repeat(partition, count),
+            range(base, base + count),
+            values,
+            keys,
+            headers,
+            stamps,
+        )
+    )
+
+
 class RecordColumns:
     """The records ``[base, base + len)`` of a partition as columns: the in-memory log's
     records, the durable log's tail cache of this process's recent appends.
@@ -131,19 +159,14 @@ class RecordColumns:
         """Up to ``max_records`` records from ``offset`` (at least :attr:`base`)."""
         start = offset - self.base
         stop = start + max_records
-        values = self.values[start:stop]
-        count = len(values)
-        return list(
-            map(
-                StoredRecord,
-                repeat(topic, count),
-                repeat(partition, count),
-                range(offset, offset + count),
-                values,
-                self.keys[start:stop],
-                self.headers[start:stop],
-                self.stamps[start:stop],
-            )
+        return make_records(
+            topic,
+            partition,
+            offset,
+            self.values[start:stop],
+            self.keys[start:stop],
+            self.headers[start:stop],
+            self.stamps[start:stop],
         )
 
     def drop_below(self, offset: int) -> None:

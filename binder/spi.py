@@ -195,6 +195,10 @@ class ConsumerSpec:
     browse: bool = False
     """The consumer will commit nothing (a tool looking at what is there): a binder may read
     accordingly; every record stays for the group."""
+    sole: bool = False
+    """The consumer is its group's only member (a tool: ``binder dlq replay``): a binder whose
+    group members hold records unacknowledged (Redis' pending entries) hands it at once what
+    earlier members of the group left, instead of waiting for them to be idle long enough."""
 
 
 @runtime_checkable
@@ -332,12 +336,18 @@ class Binder(Protocol):
     For the operator's tools (``binder groups``, ``binder dlq``) a binder may also have:
     ``async groups(destination) -> list[str]`` (the groups it knows of the destination),
     ``async positions(destination, group) -> dict[int, GroupPosition]``,
-    ``async members(destination, group) -> list[str]`` (the live members' names), and
+    ``async members(destination, group) -> list[str]`` (the live members' names),
     ``async reset(destination, group, to) -> dict[int, position]``, which moves the group's
     committed position of every partition to ``to``: ``"earliest"``, ``"latest"``, a
     position, or a ``datetime`` (the first message at or after it), and returns the new
-    positions (with ``dry_run=True`` only returns them). A tool says the binder cannot when
-    one is missing.
+    positions (with ``dry_run=True`` only returns them), and
+    ``async read(destination, partition, since, limit) -> (records, next)``: up to ``limit``
+    records of one partition from the position ``since`` on (an offset: that record and later;
+    an entry id: the entries after it), where ``since`` is a group's ``committed`` or a
+    partition's ``end`` as :class:`GroupPosition` gives them, a position ``send_located`` gave,
+    or a ``next`` this returned (``None``: from the first kept), taking and committing
+    nothing, and the position to read on from (``binder dlq replay`` looks there for a copy it
+    may have sent before it was killed). A tool says the binder cannot when one is missing.
 
     A binder with a ``clock``
     attribute (a :class:`binder.clock.Clock`) is given the app's before it starts, and

@@ -12,8 +12,17 @@ once that was accepted commits the letter under the replay group: a replay inter
 again goes on after the last letter it committed, never losing one. A letter replayed
 ``--max-replays`` times already goes to ``<dlq>.parked`` instead of looping; one that does not
 match ``--filter`` is put back at the end of the dead-letter destination (so a later replay,
-with another filter, still finds it). The one window: a kill between a letter's republish and
-its commit republishes that one letter again on the next run.
+with another filter, still finds it).
+
+Between a letter's republish and its commit a kill leaves the letter uncommitted with its copy
+already sent. So that the next run does not send it again, a replay first notes each send in
+its journal, the destination ``<dlq>.<replay-group>.replaying``: the letter, where its copy
+goes and a position of that partition no later than the copy's (:class:`Journal`); every copy
+carries ``x-replay-of: <dlq>/<partition>/<offset or id>``. The next run reads the notes left
+since the last run that went through, looks for their copies from those positions, and
+commits a letter whose copy is there without sending it again. A binder that cannot read a
+partition from a position (RabbitMQ: an exchange keeps nothing) keeps no journal: there a
+kill in that window sends the one letter again (at least once, never lost).
 """
 
 from __future__ import annotations
@@ -53,10 +62,12 @@ from binder.partitioning import Filter, compile_filter
 from binder.retry import dead_letter_destination
 from binder.spi import Binder, ConsumerSpec, InboundRecord
 
-__all__ = ["REPLAY_COUNT", "add", "replayed_headers"]
+__all__ = ["REPLAY_COUNT", "REPLAY_OF", "Journal", "add", "replayed_headers"]
 
 REPLAY_COUNT = "x-replay-count"
 """How many times a letter was replayed (set on the republished message)."""
+REPLAY_OF = "x-replay-of"
+"""On a letter's copy (replayed, parked or put back): ``<dlq>/<partition>/<offset or id>``."""
 PASS = "x-replay-pass"
 """On a letter put back by a replay: that replay's id (it stops when it meets one again)."""
 _LETTER_PREFIXES = ("x-exception-", "x-original-")
@@ -270,6 +281,84 @@ def replayed_headers(headers: dict[str, str]) -> dict[str, str]:
     return kept
 
 
+def letter_id(record: InboundRecord) -> str:
+    """``<dlq>/<partition>/<offset>`` (or the entry id where there is no offset)."""
+    where = record.offset if record.offset is not None else record.message_id
+    return f"{record.destination}/{record.partition}/{where}"
+
+
+class Journal:
+    """A replay's notes of the sends it is about to make, in ``<dlq>.<replay-group>.replaying``
+    (one partition; its group of the same name marks where the last complete run ended).
+
+    Before each copy is sent, :meth:`note` writes ``{"letter", "to", "partition", "since"}``:
+    ``since`` is a position of the copy's partition no later than the copy (the partition's end
+    when the run first sends there, then where its previous copy went). :meth:`open` reads the
+    notes written since the last complete run and looks in each partition they name, from the
+    first note's ``since`` on, for copies carrying their letter's ``x-replay-of``: those letters
+    were sent by a run killed before it committed them. :meth:`finish` (a run that went through
+    every letter) moves the group to the end, so the next run reads nothing old."""
+
+    def __init__(self, binder: Binder, letters: str, replay_group: str) -> None:
+        self.name = f"{letters}.{replay_group}.replaying"
+        self._binder: Any = binder
+        self._since: dict[tuple[str, int], Any] = {}
+        self._output: OutputBinding | None = None
+        self.sent: set[str] = set()
+        """The letters a killed run already sent (their copies were found)."""
+
+    @staticmethod
+    def kept_by(binder: Binder) -> bool:
+        """Whether ``binder`` can read a partition from a position (else no journal)."""
+        return all(callable(getattr(binder, m, None)) for m in ("read", "positions", "reset"))
+
+    async def open(self, output: OutputBinding) -> None:
+        binder = self._binder
+        await binder.provision(self.name, 1, [self.name])
+        self._output = output
+        mark = (await binder.positions(self.name, self.name)).get(0)
+        notes: dict[tuple[str, int], tuple[Any, set[str]]] = {}
+        async for record in self._read(self.name, 0, mark.committed if mark else None):
+            note = orjson.loads(record.value or b"{}")
+            where = (note["to"], note["partition"])
+            notes.setdefault(where, (note["since"], set()))[1].add(note["letter"])
+        for (target, partition), (since, letters) in notes.items():
+            async for record in self._read(target, partition, since):
+                copied = record.headers.get(REPLAY_OF)
+                if copied in letters:
+                    self.sent.add(copied)
+
+    async def _read(self, destination: str, partition: int, since: Any) -> AsyncIterator[Any]:
+        while True:
+            records, since = await self._binder.read(destination, partition, since, 500)
+            if not records:
+                return
+            for record in records:
+                yield record
+
+    async def note(self, letter: str, target: str, partition: int) -> None:
+        """Write down that ``letter``'s copy goes to ``target``'s ``partition`` (awaited: the
+        copy is sent only once the note is kept)."""
+        where = (target, partition)
+        if where not in self._since:
+            end = (await self._binder.positions(target, self.name)).get(partition)
+            self._since[where] = end.end if end is not None else None
+        note = {"letter": letter, "to": target, "partition": partition, "since": self._since[where]}
+        assert self._output is not None
+        await self._output.send_records(
+            [self._output.forward(orjson.dumps(note), None, {"contentType": "application/json"})]
+        )
+
+    def copied(self, target: str, partition: int, where: Any) -> None:
+        """The copy went to ``where``: the next copy to that partition comes after it."""
+        if where is not None and not (isinstance(where, str) and where.startswith("due ")):
+            self._since[(target, partition)] = where
+
+    async def finish(self) -> None:
+        """Every letter went through: nothing noted so far is needed again."""
+        await self._binder.reset(self.name, self.name, "latest")
+
+
 async def _replay(source: Source, binder: Binder, letters: str, args: argparse.Namespace) -> int:
     compiled: Filter | None = getattr(args, "compiled", None)
     outputs: dict[str, OutputBinding] = {}
@@ -284,33 +373,43 @@ async def _replay(source: Source, binder: Binder, letters: str, args: argparse.N
             await found.start()
         return found
 
-    spec = ConsumerSpec(letters, args.replay_group, start="earliest")
+    journal = Journal(binder, letters, args.replay_group) if Journal.kept_by(binder) else None
+    if journal is not None:
+        await journal.open(await output(journal.name))
+    spec = ConsumerSpec(letters, args.replay_group, start="earliest", sole=True)
     consumer = await binder.consumer(spec, _Quiet())
     done: Counter[str] = Counter()
     pause = 1 / args.rate if args.rate else 0.0
     run = uuid.uuid4().hex
-    going = True
+    going, complete = True, False
     try:
-        while going and (args.limit is None or done["replay"] < args.limit):
+        while going:
+            if args.limit is not None and done["replay"] >= args.limit:
+                break
             records = await _fetch(consumer, IDLE)
             if not records:
+                complete = True
                 break
             for record in records:
                 if args.limit is not None and done["replay"] >= args.limit:
                     going = False
                     break
                 if record.headers.get(PASS) == run:  # round the letters once: the rest is seen
-                    going = False
+                    going, complete = False, True
                     break
                 started = time.monotonic()
-                action = await _handle(record, source, compiled, args, letters, output, run)
+                action, again = await _handle(
+                    record, source, compiled, args, letters, output, run, journal
+                )
                 await consumer.commit([record])
                 done[action] += 1
-                _say(args, record, action)
-                if action == "replay" and pause:
+                _say(args, record, action, again)
+                if action == "replay" and pause and not again:
                     await asyncio.sleep(max(0.0, pause - (time.monotonic() - started)))
     finally:
         await consumer.close()
+        if journal is not None and complete:
+            await journal.finish()
         for out in outputs.values():
             await out.close()
     summary = {"replayed": done["replay"], "parked": done["park"], "kept": done["keep"]}
@@ -329,22 +428,36 @@ async def _handle(
     letters: str,
     output: Any,
     run: str,
-) -> str:
-    """Send one letter where it goes (confirmed before it is committed); what was done."""
+    journal: Journal | None,
+) -> tuple[str, bool]:
+    """Send one letter where it goes (noted first, confirmed before it is committed); what
+    was done, and whether a killed run had sent it already (nothing is sent again)."""
     headers = dict(record.headers)
     payload = row_of(record, source.converters)["payload"] if compiled is not None else None
     matched = _matches(compiled, payload, headers, decode_key(record.key))
     action, target = _decision(headers, args, letters, matched)
+    letter = letter_id(record)
+    if journal is not None and letter in journal.sent:
+        journal.sent.discard(letter)
+        return action, True
     if action == "replay":
         sent_headers = replayed_headers(headers)
     else:
-        sent_headers = {**headers, PASS: run} if action == "keep" else headers
+        sent_headers = {**headers, PASS: run} if action == "keep" else dict(headers)
+    sent_headers[REPLAY_OF] = letter
     out = await output(target)
-    await out.send_records([out.forward(record.value, record.key, sent_headers)])
-    return action
+    copy = out.forward(record.value, record.key, sent_headers)
+    if journal is None:
+        await out.send_records([copy])
+        return action, False
+    await journal.note(letter, target, copy.partition)
+    ((partition, where),) = await out.send_located([copy])
+    journal.copied(target, partition, where)
+    return action, False
 
 
-def _say(args: argparse.Namespace, record: InboundRecord, action: str) -> None:
+def _say(args: argparse.Namespace, record: InboundRecord, action: str, again: bool) -> None:
     where = record.offset if record.offset is not None else record.message_id
     if args.format == "text":
-        print(f"{action} p{record.partition} @{where}", file=sys.stderr)
+        note = " (sent by an interrupted run: not again)" if again else ""
+        print(f"{action} p{record.partition} @{where}{note}", file=sys.stderr)

@@ -29,6 +29,7 @@ from binder.spi import (
     Capabilities,
     ConsumerSpec,
     GroupPosition,
+    InboundRecord,
     OutboundRecord,
     ProducerSpec,
     RebalanceListener,
@@ -259,6 +260,13 @@ class KafkaBinder:
         from binders.kafka import tools
 
         return await tools.positions(self, destination, group)
+
+    async def read(
+        self, destination: str, partition: int, since: int | None, limit: int = 500
+    ) -> tuple[list[InboundRecord], int | None]:
+        from binders.kafka import tools
+
+        return await tools.read(self, destination, partition, since, limit)
 
     async def members(self, destination: str, group: str) -> list[str]:
         from binders.kafka import tools

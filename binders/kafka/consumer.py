@@ -31,7 +31,7 @@ from binder.errors import BackendError
 from binder.spi import ConsumerSpec, InboundRecord, RebalanceListener
 from binders.kafka.errors import CLIENT_ERRORS, backend_error, backend_errors
 
-__all__ = ["KafkaConsumer", "assignors"]
+__all__ = ["KafkaConsumer", "assignors", "batch_records"]
 
 log = logging.getLogger("binder.kafka.consumer")
 
@@ -135,32 +135,8 @@ class KafkaConsumer(ConsumerRebalanceListener):
             if self._paused or not self._settled.is_set() or self._closed:
                 self._put_back(batch)
                 continue
-            return self._records(batch)
+            return batch_records(self._topic, batch)
         return []
-
-    def _records(self, batch: Batch) -> list[InboundRecord]:
-        topic, make, records = self._topic, InboundRecord, []
-        decoded: dict[Any, dict[str, str]] = {}  # this fetch's distinct header sets
-        for tp, taken in batch.items():
-            partition = tp.partition
-            taken.reverse()
-            pop, add = taken.pop, records.append
-            while taken:  # each client record freed as its own is made: fewer GC passes
-                r = pop()
-                add(
-                    make(
-                        topic,
-                        partition,
-                        r.offset,
-                        r.value,  # None: a tombstone, passed on as such
-                        r.key,
-                        _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
-                        r.timestamp / 1000,
-                        None,
-                        r.headers,  # as they came, for a dead letter: the client's own tuple
-                    )
-                )
-        return records
 
     def _put_back(self, batch: Batch) -> None:
         """Rewind to records fetched but not handed out, so they are fetched again."""
@@ -299,6 +275,33 @@ class KafkaConsumer(ConsumerRebalanceListener):
 
     def _describe(self) -> str:
         return f"kafka consumer of {self._topic!r} (group {self._spec.group or 'anonymous'})"
+
+
+def batch_records(topic: str, batch: Batch) -> list[InboundRecord]:
+    """The records of one ``getmany`` batch of ``topic``, partition by partition (the batch's
+    lists are emptied: each client record freed as its own is made, fewer GC passes)."""
+    make, records = InboundRecord, []
+    decoded: dict[Any, dict[str, str]] = {}  # this fetch's distinct header sets
+    for tp, taken in batch.items():
+        partition = tp.partition
+        taken.reverse()
+        pop, add = taken.pop, records.append
+        while taken:
+            r = pop()
+            add(
+                make(
+                    topic,
+                    partition,
+                    r.offset,
+                    r.value,  # None: a tombstone, passed on as such
+                    r.key,
+                    _headers_of(r.headers, decoded) if r.headers else _NO_HEADERS,
+                    r.timestamp / 1000,
+                    None,
+                    r.headers,  # as they came, for a dead letter: the client's own tuple
+                )
+            )
+    return records
 
 
 def _headers_of(headers: Any, decoded: dict[Any, dict[str, str]]) -> dict[str, str]:

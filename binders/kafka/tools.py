@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from binder.errors import BackendError
-from binder.spi import GroupPosition
+from binder.spi import GroupPosition, InboundRecord
 from binders.kafka.errors import backend_errors
 
 if TYPE_CHECKING:
     from binders.kafka.binder import KafkaBinder
 
-__all__ = ["groups", "members", "positions", "reset"]
+__all__ = ["groups", "members", "positions", "read", "reset"]
 
 
 async def _partitions(binder: KafkaBinder, destination: str) -> list[TopicPartition]:
@@ -71,6 +71,39 @@ async def positions(binder: KafkaBinder, destination: str, group: str) -> dict[i
         lag = ends[tp] - (offset if offset is not None else starts[tp])
         found[tp.partition] = GroupPosition(offset, starts[tp], ends[tp], lag)
     return found
+
+
+async def read(
+    binder: KafkaBinder, destination: str, partition: int, since: int | None, limit: int
+) -> tuple[list[InboundRecord], int | None]:
+    """Up to ``limit`` records of a partition from offset ``since`` (``None``: from the first
+    kept) up to its end as it is now, with the offset to read on from: a client without a
+    group, assigned the partition by hand."""
+    from binders.kafka.consumer import batch_records
+
+    tp = TopicPartition(destination, partition)
+    client = AIOKafkaConsumer(enable_auto_commit=False, **binder._connection)
+    found: list[InboundRecord] = []
+    with backend_errors(binder.options.bootstrap_servers, f"read {destination!r}"):
+        await client.start()
+        try:
+            client.assign([tp])
+            first = (await client.beginning_offsets([tp]))[tp]
+            end = (await client.end_offsets([tp]))[tp]
+            position = first if since is None else max(int(since), first)
+            if position >= end:
+                return [], position
+            client.seek(tp, position)
+            stalled = 0  # polls that moved nothing: the end may be a marker never fetched
+            while len(found) < limit and position < end and stalled < 10:
+                batch = await client.getmany(tp, timeout_ms=500, max_records=limit - len(found))
+                found.extend(batch_records(destination, batch))
+                moved = await client.position(tp)
+                stalled = 0 if moved > position else stalled + 1
+                position = moved
+        finally:
+            await client.stop()
+    return found, position
 
 
 async def members(binder: KafkaBinder, destination: str, group: str) -> list[str]:

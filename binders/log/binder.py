@@ -22,6 +22,7 @@ from binder.spi import (
     Capabilities,
     ConsumerSpec,
     GroupPosition,
+    InboundRecord,
     ProducerSpec,
     RebalanceListener,
 )
@@ -267,6 +268,19 @@ class LogBinder:
             )
             for p, end in ends.items()
         }
+
+    async def read(
+        self, destination: str, partition: int, since: int | None, limit: int = 500
+    ) -> tuple[list[InboundRecord], int | None]:
+        """Up to ``limit`` records of a partition from offset ``since`` (``None``: from the
+        first kept), with the offset to read on from; commits nothing."""
+        broker = self.broker
+        first = broker.start_offsets(destination).get(partition, 0)
+        offset = first if since is None else max(int(since), first)
+        with engine_errors(f"read {destination!r}"):
+            found = broker.read(destination, partition, offset, limit)
+        last = found[-1].offset if found else None
+        return found, (last + 1 if last is not None else offset)
 
     async def members(self, destination: str, group: str) -> list[str]:
         return self.broker.members(destination, group)

@@ -39,6 +39,7 @@ from binder.spi import (
     Capabilities,
     ConsumerSpec,
     GroupPosition,
+    InboundRecord,
     OutboundRecord,
     ProducerSpec,
     RebalanceListener,
@@ -351,6 +352,24 @@ class RedisBinder:
                     lag,
                 )
         return found
+
+    async def read(
+        self, destination: str, partition: int, since: str | None, limit: int = 500
+    ) -> tuple[list[InboundRecord], str | None]:
+        """Up to ``limit`` entries of a partition after the entry id ``since`` (``None``: from
+        the first kept), with the id to read on from (``XRANGE``); acknowledges nothing."""
+        from binders.redis.consumer import entry_record
+        from binders.redis.errors import backend_errors
+
+        streams = await self._streams_of(destination)
+        if partition >= len(streams):
+            return [], since
+        low = "-" if since is None else f"({since}"
+        with backend_errors(self.server, f"read {destination!r}"):
+            entries = await self.client.xrange(streams[partition], min=low, count=limit)
+        decoded: dict[bytes, dict[str, str]] = {}
+        found = [entry_record(destination, partition, i, f, 1, decoded) for i, f in entries]
+        return found, (found[-1].message_id if found else since)
 
     async def members(self, destination: str, group: str) -> list[str]:
         """The members holding a lease in the group, and the group's consumers that read

@@ -35,7 +35,7 @@ from binders.redis.errors import CLIENT_ERRORS, backend_error, is_no_group
 if TYPE_CHECKING:
     from binders.redis.binder import RedisBinder
 
-__all__ = ["RedisConsumer"]
+__all__ = ["RedisConsumer", "entry_record"]
 
 log = logging.getLogger("binder.redis.consumer")
 
@@ -87,7 +87,9 @@ class RedisConsumer:
         self._partition_of = {stream: p for p, stream in enumerate(self._streams)}
         self._count = max(1, spec.max_records // len(self._streams))
         self._leased = spec.group is not None and partition_count > 1 and spec.instance_count == 1
-        self._exclusive = spec.group is not None and (self._leased or spec.instance_count > 1)
+        self._exclusive = spec.group is not None and (
+            self._leased or spec.instance_count > 1 or spec.sole
+        )
         self._owned: set[int] = set()
         self._revoking: set[int] = set()
         self._positions: dict[bytes, bytes] = {}  # anonymous: last id read per stream
@@ -234,6 +236,7 @@ class RedisConsumer:
             return []
         records: list[InboundRecord] = []
         decoded: dict[bytes, dict[str, str]] = {}
+        make, destination = entry_record, self._destination
         items = reply.items() if isinstance(reply, dict) else reply
         for stream, entries in items:
             partition = self._partition_of[stream]
@@ -242,7 +245,7 @@ class RedisConsumer:
             if partition not in self._owned or partition in self._revoking:
                 continue  # left pending: the partition's next owner recovers it
             for entry in entries:
-                records.append(self._record(partition, entry[0], entry[1], 1, decoded))
+                records.append(make(destination, partition, entry[0], entry[1], 1, decoded))
         return records
 
     def _read_command(self, client: Any, streams: list[bytes], block: int | None) -> Any:
@@ -276,44 +279,6 @@ class RedisConsumer:
         if not reply:
             return []
         return list(reply.items()) if isinstance(reply, dict) else reply
-
-    def _record(
-        self,
-        partition: int,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
-        deliveries: int,
-        decoded: dict[bytes, dict[str, str]],
-    ) -> InboundRecord:
-        payload = fields.get(b"payload")
-        if payload is None:  # written by another program: its fields, as a JSON object
-            value = orjson.dumps(
-                {
-                    k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-                    for k, v in fields.items()
-                }
-            )
-            key, headers = None, _JSON
-        else:
-            value, key = payload, fields.get(b"key")
-            raw = fields.get(b"headers")
-            headers = _NO_HEADERS
-            if raw is not None:
-                headers = decoded.get(raw) or decoded.setdefault(raw, _headers(raw))
-        millis = int(entry_id[: entry_id.find(b"-")] or b"0")
-        return InboundRecord(
-            self._destination,
-            partition,
-            None,
-            value,
-            key,
-            headers,
-            millis / 1000,
-            entry_id,
-            None,
-            deliveries,
-            entry_id.decode(),
-        )
 
     async def _group_deleted(self, partitions: list[int]) -> None:
         """``NOGROUP``: the group was deleted under us. Create it again at ``0`` (what is
@@ -377,7 +342,7 @@ class RedisConsumer:
             return None  # another member took it, or it was trimmed
         deliveries = pending[0]["times_delivered"] if pending else 2
         self._awaiting = (partition, entry_id)
-        return self._record(partition, entry_id, claimed[0][1], deliveries, {})
+        return entry_record(self._destination, partition, entry_id, claimed[0][1], deliveries, {})
 
     # -- acknowledging ----------------------------------------------------------------------
 
@@ -727,3 +692,42 @@ def _headers(raw: bytes) -> dict[str, str]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def entry_record(
+    destination: str,
+    partition: int,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    deliveries: int,
+    decoded: dict[bytes, dict[str, str]],
+) -> InboundRecord:
+    """The record of one stream entry: ``payload``, ``key`` and ``headers`` fields as this
+    binder writes them, or an entry another program wrote (no ``payload``) as a JSON object of
+    its fields. ``decoded`` caches the header sets seen in one read."""
+    payload = fields.get(b"payload")
+    if payload is None:  # written by another program: its fields, as a JSON object
+        value = orjson.dumps(
+            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+        )
+        key, headers = None, _JSON
+    else:
+        value, key = payload, fields.get(b"key")
+        raw = fields.get(b"headers")
+        headers = _NO_HEADERS
+        if raw is not None:
+            headers = decoded.get(raw) or decoded.setdefault(raw, _headers(raw))
+    millis = int(entry_id[: entry_id.find(b"-")] or b"0")
+    return InboundRecord(
+        destination,
+        partition,
+        None,
+        value,
+        key,
+        headers,
+        millis / 1000,
+        entry_id,
+        None,
+        deliveries,
+        entry_id.decode(),
+    )

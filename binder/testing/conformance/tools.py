@@ -1,5 +1,6 @@
 """What the operator's tools need of a binder (``binder groups``, ``binder dlq``): the groups
-of a destination, their positions and lag, their live members, and moving a group.
+of a destination, their positions and lag, their live members, moving a group, and reading a
+partition from a position.
 
 A binder without one of these methods (RabbitMQ has no positions to move) skips the
 scenario that needs it, naming the method.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from binder.spi import GroupPosition
@@ -18,6 +20,7 @@ from binder.testing.conformance.support import TIMEOUT, Conformance, Inbox, requ
 
 __all__ = [
     "test_a_group_reset_to_earliest_reads_everything_again",
+    "test_a_partition_read_from_a_position_gives_what_came_after",
     "test_positions_and_members_of_a_group",
 ]
 
@@ -81,3 +84,39 @@ def test_a_group_reset_to_earliest_reads_everything_again(
     first, again, unchanged = run(scenario())
     assert first == again == [{"n": n} for n in range(3)]
     assert all(p.lag == 0 for p in unchanged.values()), "the dry run moved nothing"
+
+
+def test_a_partition_read_from_a_position_gives_what_came_after(
+    conformance: Conformance, dest: str, group: str
+) -> None:
+    """``read`` from a partition's end as ``positions`` gave it returns exactly what was
+    written after, in order, with headers; from ``None`` everything kept; from the position
+    it returned, nothing more; and it takes nothing from a group."""
+    require(conformance.capabilities, "consumer_groups")
+
+    async def scenario() -> tuple[list[Any], list[Any], list[Any], GroupPosition]:
+        await conformance.provision(dest, 1, [group])
+        await send_all(conformance, dest, [{"n": n} for n in range(3)])
+        async with conformance.binder() as binder:
+            _needs(binder, "read", "positions")
+            end = (await binder.positions(dest, group))[0].end
+            async with conformance.app() as sender:
+                for n in range(3, 5):
+                    await sender.send(dest, {"n": n}, headers={"trace": f"t{n}"})
+            after, since = await binder.read(dest, 0, end, 500)
+            everything: list[Any] = []
+            position = None
+            while True:  # two at a time, on from where each read ended
+                records, position = await binder.read(dest, 0, position, 2)
+                if not records:
+                    break
+                everything.extend(records)
+            more, _ = await binder.read(dest, 0, since, 500)
+            return after, everything, more, (await binder.positions(dest, group))[0]
+
+    after, everything, more, position = run(scenario())
+    assert [orjson.loads(r.value) for r in after] == [{"n": 3}, {"n": 4}]
+    assert [r.headers.get("trace") for r in after] == ["t3", "t4"]
+    assert [orjson.loads(r.value) for r in everything] == [{"n": n} for n in range(5)]
+    assert more == []
+    assert position.lag == 5, "reading took nothing from the group"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,11 @@ __all__ = ["KafkaConsumer", "assignors", "batch_records"]
 log = logging.getLogger("binder.kafka.consumer")
 
 _POLL_MS = 1000
+_PROBE_AFTER = 5.0
+"""Seconds without records after which a fetch asks the broker for metadata (is it there?)."""
+_DEAD_AFTER = 20.0
+"""Seconds without records or an answer from the broker after which the consumer fails: the
+binding shows the error and restarts, instead of reading as running on a dead broker."""
 """Longest one ``getmany`` waits; ``fetch`` loops, so this only bounds how often it looks up."""
 
 _NO_HEADERS: dict[str, str] = {}
@@ -93,6 +99,7 @@ class KafkaConsumer(ConsumerRebalanceListener):
         self._finished: dict[int, int] = {}  # partition → last finished offset, not committed
         self._committing: asyncio.Task[None] | None = None
         self._commit_error: BackendError | None = None
+        self._heard = time.monotonic()  # the broker last answered
         self.on_close: Callable[[], Awaitable[None]] | None = None
         """Called once when this consumer closes (the binder stops its forwarder with the
         destination's last client)."""
@@ -131,12 +138,34 @@ class KafkaConsumer(ConsumerRebalanceListener):
             except ConsumerStoppedError:
                 break
             if not batch:
+                await self._check_broker()
                 continue
+            self._heard = time.monotonic()
             if self._paused or not self._settled.is_set() or self._closed:
                 self._put_back(batch)
                 continue
             return batch_records(self._topic, batch)
         return []
+
+    async def _check_broker(self) -> None:
+        """After :data:`_PROBE_AFTER` s without records ask the broker for metadata; raise
+        once it has not answered for :data:`_DEAD_AFTER` s (the client itself retries a dead
+        broker for ever, and a consumer of a quiet topic would never know)."""
+        now = time.monotonic()
+        if now - self._heard < _PROBE_AFTER:
+            return
+        try:
+            async with asyncio.timeout(_PROBE_AFTER):
+                await self._client.topics()
+        except (TimeoutError, *CLIENT_ERRORS) as exc:
+            silent = time.monotonic() - self._heard
+            if silent >= _DEAD_AFTER:
+                raise BackendError(
+                    f"kafka at {self._servers}: no answer from the broker for {silent:.0f}s "
+                    f"while reading {self._topic!r} ({type(exc).__name__}: {exc})"
+                ) from exc
+            return
+        self._heard = time.monotonic()
 
     def _put_back(self, batch: Batch) -> None:
         """Rewind to records fetched but not handed out, so they are fetched again."""
@@ -252,6 +281,12 @@ class KafkaConsumer(ConsumerRebalanceListener):
         try:
             with backend_errors(self._servers, f"close consumer of {self._topic!r}"):
                 await self._client.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # the client awaits its fetch task after cancelling it (a dead broker: the task
+            # was backing off), which raises here though nobody cancelled this close
         finally:
             on_close, self.on_close = self.on_close, None
             if on_close is not None:

@@ -47,14 +47,20 @@ async def _bounds(
 
 
 async def groups(binder: KafkaBinder, destination: str) -> list[str]:
-    """The groups with offsets committed on ``destination``."""
+    """The groups with offsets committed on ``destination``: each group listed is asked for
+    the offsets of the destination's partitions, named (an ``OffsetFetch`` for all of a
+    group's offsets gets from Tansu 0.6 a reply without its topics, which aiokafka cannot
+    decode)."""
+    partitions = await _partitions(binder, destination)
+    if not partitions:
+        return []
     admin = binder.admin._admin
     found = []
     with backend_errors(binder.options.bootstrap_servers, "list the groups (ListGroups)"):
         for entry in await admin.list_consumer_groups():
             group = entry[0]
-            offsets = await admin.list_consumer_group_offsets(group)
-            if any(tp.topic == destination for tp in offsets):
+            offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            if any(meta.offset >= 0 for meta in offsets.values()):
                 found.append(group)
     return sorted(found)
 

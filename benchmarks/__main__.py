@@ -37,6 +37,12 @@ def main() -> None:
         help="delayed messages per run (bench_delays: in-memory log, durable log, Redis; "
         "0 skips it)",
     )
+    parser.add_argument(
+        "--replay-n",
+        type=int,
+        default=2000,
+        help="letters per binder dlq replay run (bench_replay: durable log, Redis; 0 skips it)",
+    )
     args = parser.parse_args()
     bench_core.main(args.n)
     if args.log:
@@ -59,6 +65,10 @@ def main() -> None:
         from benchmarks import bench_delays
 
         bench_delays.main(args.delays_n)
+    if args.replay_n:
+        from benchmarks import bench_replay
+
+        bench_replay.main(args.replay_n)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -63,6 +64,8 @@ from binder.retry import dead_letter_destination
 from binder.spi import Binder, ConsumerSpec, InboundRecord
 
 __all__ = ["REPLAY_COUNT", "REPLAY_OF", "Journal", "add", "replayed_headers"]
+
+log = logging.getLogger("binder.dlq")
 
 REPLAY_COUNT = "x-replay-count"
 """How many times a letter was replayed (set on the republished message)."""
@@ -319,9 +322,14 @@ class Journal:
         mark = (await binder.positions(self.name, self.name)).get(0)
         notes: dict[tuple[str, int], tuple[Any, set[str]]] = {}
         async for record in self._read(self.name, 0, mark.committed if mark else None):
-            note = orjson.loads(record.value or b"{}")
-            where = (note["to"], note["partition"])
-            notes.setdefault(where, (note["since"], set()))[1].add(note["letter"])
+            try:
+                note = orjson.loads(record.value or b"")
+                where = (str(note["to"]), int(note["partition"]))
+                since, letter = note["since"], str(note["letter"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("%s: not a replay's note, passed over: %r", self.name, record.value)
+                continue
+            notes.setdefault(where, (since, set()))[1].add(letter)
         for (target, partition), (since, letters) in notes.items():
             async for record in self._read(target, partition, since):
                 copied = record.headers.get(REPLAY_OF)

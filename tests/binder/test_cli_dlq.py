@@ -188,3 +188,18 @@ def test_a_replay_killed_after_a_send_and_before_its_commit_sends_it_once(
         assert copies == list(range(8)), "each letter exactly once"
     third = run_cli(*replay[:-2], "--format", "json", config=config)
     assert json.loads(third.stdout.splitlines()[-1]) == {"replayed": 0, "parked": 0, "kept": 0}
+
+
+def test_a_record_in_the_journal_that_is_no_note_is_passed_over(tmp_path: Path) -> None:
+    options = {"type": "log", "path": str(tmp_path / "log")}
+    config = tmp_path / "app.yml"
+    config.write_text(yaml.safe_dump({"binder": {"binders": {"disk": options}}}))
+    _dead_letter(options, "orders", 2)
+    for foreign in ("not json", '{"letter": "orders.g.dlq/0/0"}'):
+        sent = run_cli("send", "orders.g.dlq.replay.replaying", foreign, "--content-type",
+                       "text/plain", config=config)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    done = run_cli("dlq", "replay", "orders", "--group", "g", "--format", "json", config=config)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"replayed": 2, "parked": 0, "kept": 0}
+    assert done.stderr.count("not a replay's note") == 2, done.stderr
